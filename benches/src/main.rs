@@ -102,6 +102,11 @@ struct PathArgs {
     /// Name printed in the result line (default: the target address).
     #[arg(long)]
     label: Option<String>,
+    /// Spread the connections over this many source addresses, 127.0.0.1 upwards (1..=254).
+    /// Loopback connect() reuses a local port only once its TIME_WAIT is about a second old, which
+    /// caps one source address near 14k connections/s; more sources lift that cap off the client.
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -185,11 +190,14 @@ fn route(p: PathArgs, default_connect_to: &str) -> Result<Route> {
     if p.via == Via::Tcp && p.connect_to.is_some() {
         bail!("--connect-to only applies to --via connect");
     }
+    if !(1..=254).contains(&p.sources) {
+        bail!("--sources must be between 1 and 254");
+    }
     let label = p.label.unwrap_or_else(|| target.to_string());
     if label.is_empty() || label.chars().any(char::is_whitespace) {
         bail!("--label must be one word");
     }
-    Ok(Route::new(target, p.via, connect_to, label))
+    Ok(Route::new(target, p.via, connect_to, p.sources, label))
 }
 
 /// Accept only IPv4 loopback addresses (127.0.0.0/8): this tool never touches a real network.

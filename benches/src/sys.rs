@@ -39,6 +39,29 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((old, want))
 }
 
+/// Set IP_BIND_ADDRESS_NO_PORT on a socket about to be bound to a source address with port 0, so
+/// that the kernel picks the port at connect() time for the whole 4-tuple instead of reserving a
+/// port per source address at bind() time.
+#[allow(unsafe_code)]
+pub fn set_bind_address_no_port(fd: std::os::fd::RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `fd` is an open socket owned by the caller for the duration of the call; the option
+    // value points to a live c_int and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Resident set size of a process in bytes, from the `VmRSS:` line of /proc/PID/status.
 pub fn vm_rss_bytes(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");

@@ -1,1 +1,356 @@
-fn main() {}
+//! egress-gateway: the binary. Parses the command line, loads the configuration and the policy,
+//! binds every listener before reporting ready, and on SIGTERM drains.
+//!
+//! Components: [`config`] (gateway.yaml), [`policy_store`] (hot-reloaded policy), [`connect`]
+//! (the connect listener and the life of a connection), [`http`] (request heads), [`identity`],
+//! [`dns`], [`guard`] and [`upstream`] (where bytes may go), [`relay`], [`audit`], [`metrics`],
+//! [`admin`].
+
+mod admin;
+mod audit;
+mod config;
+mod connect;
+mod dns;
+mod guard;
+mod http;
+mod identity;
+mod metrics;
+mod policy_store;
+mod reason;
+mod relay;
+mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use egress_policy::{Identity, IdentitySource, Policy, Verdict};
+
+use crate::config::{GatewayConfig, LogFormat};
+
+/// Exit status for a usage error or an invalid file.
+const EXIT_INVALID: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "egress-gateway", about = "Sidecar-free egress gateway for Kubernetes", disable_version_flag = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// gateway.yaml; without it: a connect listener on 127.0.0.1:3128, admin on
+        /// 127.0.0.1:9901, and ./policy.yaml if present (else deny-all).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate or query a policy file.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Validate a gateway configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Exit 0 when FILE is a valid policy; else print file:line:column errors and exit 2.
+    Validate { file: PathBuf },
+    /// Decide one connection: exit 0 allow, 1 deny, 2 usage error or invalid policy.
+    Check(CheckArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Exit 0 when FILE is a valid gateway.yaml (and its policy file, if any, is valid).
+    Validate { file: PathBuf },
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    /// The caller's SPIFFE ID.
+    #[arg(long, conflicts_with_all = ["namespace", "service_account", "label"])]
+    spiffe: Option<String>,
+    /// The caller's source address.
+    #[arg(long, required_unless_present = "spiffe")]
+    source: Option<std::net::IpAddr>,
+    /// With --source: the caller is a Pod in this namespace.
+    #[arg(long, requires = "source")]
+    namespace: Option<String>,
+    /// With --namespace: the Pod's service account.
+    #[arg(long = "service-account", requires = "namespace")]
+    service_account: Option<String>,
+    /// With --namespace: a Pod label, k=v (repeatable).
+    #[arg(long, requires = "namespace", value_parser = parse_label)]
+    label: Vec<(String, String)>,
+    /// How the identity was established: mtls (default for --spiffe), kubernetes, static.
+    #[arg(long)]
+    via: Option<String>,
+    /// Trust domain of Pod identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Destination host:port.
+    #[arg(long)]
+    to: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not k=v"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("egress-gateway {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Policy(PolicyCommand::Validate { file }) => match load_policy(&file) {
+            Ok(p) => {
+                println!("{}: valid ({} rules)", file.display(), p.rules().len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_INVALID)
+            }
+        },
+        Command::Policy(PolicyCommand::Check(args)) => check(args),
+        Command::Config(ConfigCommand::Validate { file }) => {
+            match GatewayConfig::load(&file).map_err(anyhow::Error::from).and_then(|c| {
+                if let Some(p) = &c.policy_path {
+                    load_policy(p)?;
+                }
+                Ok(c)
+            }) {
+                Ok(_) => {
+                    println!("{}: valid", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    ExitCode::from(EXIT_INVALID)
+                }
+            }
+        }
+        Command::Run { config } => {
+            let cfg = match config {
+                Some(path) => GatewayConfig::load(&path),
+                None => GatewayConfig::embedded_default(),
+            };
+            let cfg = match cfg {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("egress-gateway: invalid configuration: {e}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            init_logging(&cfg);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("egress-gateway: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "egress-gateway failed");
+                    eprintln!("egress-gateway: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load_policy(path: &Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Policy::from_yaml(&text, &path.display().to_string())?)
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let usage = |msg: String| {
+        eprintln!("egress-gateway policy check: {msg}");
+        ExitCode::from(EXIT_INVALID)
+    };
+    let policy = match load_policy(&args.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let dest = match http::parse_authority(&args.to, None) {
+        Ok(d) => d,
+        Err(r) => return usage(format!("--to {:?}: {}", args.to, r.details)),
+    };
+    let via = match args.via.as_deref().map(IdentitySource::parse) {
+        Some(None) => return usage("--via must be mtls, kubernetes or static".into()),
+        Some(Some(v)) => Some(v),
+        None => None,
+    };
+    let identity = if let Some(id) = &args.spiffe {
+        if let Err(e) = egress_policy::SpiffePattern::parse(id) {
+            return usage(format!("--spiffe: {e}"));
+        }
+        Identity::from_spiffe(via.unwrap_or(IdentitySource::Mtls), id, args.source)
+    } else if let Some(ns) = &args.namespace {
+        let sa = args.service_account.as_deref().unwrap_or("default");
+        let spiffe = format!("spiffe://{}/ns/{ns}/sa/{sa}", args.trust_domain);
+        let mut id = Identity::from_spiffe(via.unwrap_or(IdentitySource::Kubernetes), &spiffe, args.source);
+        id.labels = args.label.iter().cloned().collect();
+        id
+    } else {
+        Identity::anonymous(args.source)
+    };
+    let d = policy.decide(&identity, &dest);
+    let reason = reason::Reason::from(d.reason).as_str();
+    if args.json {
+        let out = serde_json::json!({
+            "decision": d.verdict.as_str(),
+            "reason": reason,
+            "rule": d.rule.as_deref(),
+            "identity": identity.spiffe,
+            "identity_source": identity.source.as_str(),
+            "destination": dest.to_string(),
+            "allow_private_addresses": d.allow_private_addresses,
+            "shadow": d.shadow.iter().map(|s| serde_json::json!({"rule": &*s.rule, "action": s.action.as_str()})).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+    } else {
+        let why = match &d.rule {
+            Some(rule) => format!("rule {rule:?}"),
+            None => "no rule matched; the policy default applies".to_owned(),
+        };
+        println!("{}: {} ({reason})", d.verdict.as_str(), why);
+        for s in &d.shadow {
+            println!("shadow: rule {:?} would {}", &*s.rule, s.action.as_str());
+        }
+    }
+    if d.verdict == Verdict::Deny {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn init_logging(cfg: &GatewayConfig) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(&cfg.log_level).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let policy = policy_store::PolicyStore::open(cfg.policy_path.clone(), Arc::clone(&metrics))?;
+    let dns = dns::Dns::new(&cfg.nameservers, cfg.hosts.clone(), cfg.upstream.connect_timeout)
+        .context("setting up DNS")?;
+
+    // Bind everything before reporting ready: a port conflict is a start-up error.
+    let mut bound = Vec::new();
+    for l in &cfg.listeners {
+        let listener = tokio::net::TcpListener::bind(l.address)
+            .await
+            .with_context(|| format!("listener {:?}: cannot bind {}", l.name, l.address))?;
+        bound.push((l.clone(), listener));
+    }
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin)
+        .await
+        .with_context(|| format!("admin: cannot bind {}", cfg.admin))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (force_tx, force_rx) = tokio::sync::watch::channel(false);
+    let readiness = Arc::new(admin::Readiness::default());
+    let drain_timeout = cfg.drain_timeout;
+    let gateway = Arc::new(connect::Gateway {
+        policy: Arc::clone(&policy),
+        dns,
+        metrics: Arc::clone(&metrics),
+        audit: audit::AuditSink::stdout(),
+        identities: identity::StaticIdentities::new(cfg.statics.clone()),
+        conns: connect::ConnTracker::new(cfg.limits.max_connections),
+        force_close: force_rx,
+        config: cfg,
+    });
+
+    let admin_addr = admin_listener.local_addr()?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(admin::Admin {
+            metrics: Arc::clone(&metrics),
+            policy: Arc::clone(&policy),
+            readiness: Arc::clone(&readiness),
+        }),
+    ));
+    tokio::spawn(Arc::clone(&policy).watch(Duration::from_secs(10)));
+    let status = policy.status();
+    for (l, listener) in bound {
+        let address = listener.local_addr()?;
+        tracing::info!(listener = %l.name, kind = "connect", address = %address, "listening");
+        let ctx = Arc::new(connect::ConnectListener {
+            metrics: metrics.listener(&l.name),
+            name: l.name,
+            gateway: Arc::clone(&gateway),
+        });
+        tokio::spawn(connect::serve(listener, ctx, stop_rx.clone()));
+    }
+    tracing::info!(address = %admin_addr, "admin listening");
+    tracing::info!(
+        path = status.path.as_deref().unwrap_or("<none: deny-all>"),
+        sha256 = %status.sha256,
+        rules = status.rules,
+        trust_domain = %gateway.config.trust_domain,
+        "policy loaded"
+    );
+    readiness.set(true);
+
+    wait_for_termination().await?;
+    readiness.set(false);
+    let _ = stop_tx.send(true);
+    let active = gateway.conns.active();
+    tracing::info!(active, drain_timeout = ?drain_timeout, "shutting down: not ready, not accepting, draining");
+    if tokio::time::timeout(drain_timeout, gateway.conns.wait_idle()).await.is_err() {
+        tracing::warn!(active = gateway.conns.active(), "drain period over: closing live connections");
+        let _ = force_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), gateway.conns.wait_idle()).await;
+    }
+    // Give the audit writer a moment to flush the last lines.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_termination() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}

@@ -317,6 +317,19 @@ fn located(loc: &serde_saphyr::Location, message: impl Into<String>) -> PolicyEr
     }
 }
 
+/// Turns a YAML deserialisation error into a located error for `file`.
+pub fn yaml_error(file: &str, err: &serde_saphyr::Error) -> PolicyErrors {
+    let (line, column) = err.location().map_or((1, 1), |l| (l.line(), l.column()));
+    PolicyErrors {
+        file: file.to_owned(),
+        errors: vec![PolicyError {
+            line,
+            column,
+            message: plain_message(err),
+        }],
+    }
+}
+
 /// Removes serde-saphyr's own "at line X column Y" suffix: the position is printed in front.
 fn plain_message(err: &serde_saphyr::Error) -> String {
     let text = err.without_snippet().to_string();
@@ -339,14 +352,8 @@ impl Policy {
             file: file.to_owned(),
             errors,
         };
-        let raw: model::RawPolicy = serde_saphyr::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-            fail(vec![PolicyError {
-                line,
-                column,
-                message: plain_message(&e),
-            }])
-        })?;
+        let raw: model::RawPolicy =
+            serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))?;
         let mut errors = Vec::new();
         if raw.version.value != 1 {
             errors.push(located(

@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# Reproduce the benchmark table of docs/benchmarks.md: egress-gateway against the direct path and
+# its peers (haproxy, nginx, Envoy, Squid), on loopback, every path measured by the same client.
+#
+#   benches/run.sh [SECONDS]          SECONDS per throughput and connection-rate figure (default 10)
+#
+# Environment (all optional):
+#   PEERS          peers.sh to use (default: ../shared/bench/peers.sh next to this repository)
+#   BENCH_RUN_DIR  scratch directory: pid files, logs, configs, results (default: peers.sh's own,
+#                  /tmp/egress-bench-peers, where 'peers.sh install' puts Envoy)
+#   BENCH_PROFILE  cargo profile to build and run, release (default) or debug
+#   BENCH_ONLY     space-separated subset of: direct haproxy-tcp nginx-stream envoy-tcp squid
+#                  envoy-connect egress-gateway (default: all)
+#   CONCURRENCY    connection-rate workers (default 50)
+#   IDLE_COUNT     tunnels held open for the idle-memory figure (default 2000)
+#   SOURCES        client source addresses 127.0.0.1..127.0.0.N for connection rate and idle (default
+#                  16): loopback connect() reuses a port only once its TIME_WAIT is ~1 s old, which
+#                  caps a single source address near 14k connections/s, below what the proxies do
+#
+# Pinning (2 cores): every proxy runs on CPU 0 (peers.sh and this script use taskset -c 0); the
+# client and the echo/discard upstreams run on CPU 1. Only ratios from one run mean anything.
+#
+# Ports (127.0.0.1): echo upstream 9000, discard upstream 9001 (egress-bench upstreams);
+#   haproxy-tcp 9107 echo / 9109 discard, nginx-stream 9108 / 9110, envoy-tcp 9112 / 9113,
+#   squid CONNECT 9103, envoy-connect CONNECT 9114, egress-gateway CONNECT 9200 (admin 9901).
+# What the peers allow (read from ../shared/bench/conf): squid.conf allows CONNECT to 127.0.0.1
+#   ports 5201 9443 9000 9001; envoy-connect.conf routes the authorities 127.0.0.1:9000 (echo) and
+#   127.0.0.1:9001 (sink). The CONNECT clients therefore ask for 127.0.0.1:9001 (throughput) and
+#   127.0.0.1:9000 (connection rate, idle). Should a squid.conf lack 9000/9001, this script runs
+#   peers.sh from a copy under BENCH_RUN_DIR with those ports added (shared/ stays untouched).
+set -euo pipefail
+
+secs=${1:-10}
+case $secs in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
+[ "$secs" -ge 1 ] && [ "$secs" -le 3600 ] || { echo "$0: SECONDS must be 1..3600" >&2; exit 2; }
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+peers=${PEERS:-$repo/../shared/bench/peers.sh}
+[ -f "$peers" ] || { echo "$0: no peers.sh at $peers (set PEERS)" >&2; exit 2; }
+peers=$(cd "$(dirname "$peers")" && pwd)/$(basename "$peers")
+export BENCH_RUN_DIR=${BENCH_RUN_DIR:-/tmp/egress-bench-peers}
+run=$BENCH_RUN_DIR
+mkdir -p "$run"
+profile=${BENCH_PROFILE:-release}
+concurrency=${CONCURRENCY:-50}
+idle_count=${IDLE_COUNT:-2000}
+sources=${SOURCES:-16}
+only=${BENCH_ONLY:-direct haproxy-tcp nginx-stream envoy-tcp squid envoy-connect egress-gateway}
+clientlog=$run/egress-bench-client.log
+: >"$clientlog"
+
+# Proxies hold two descriptors per tunnel; the gateway inherits this limit (peers.sh sets its own).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+log() { echo "run.sh: $*" >&2; }
+die() { log "$*"; exit 1; }
+selected() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# ---- build -------------------------------------------------------------------------------------
+cd "$repo"
+pkgs=(-p egress-bench)
+selected egress-gateway && pkgs=(-p egress-gateway -p egress-bench)
+case $profile in
+  release) cargo build --release "${pkgs[@]}"; bin=$repo/target/release ;;
+  debug) cargo build "${pkgs[@]}"; bin=$repo/target/debug ;;
+  *) die "BENCH_PROFILE must be release or debug" ;;
+esac
+client() { taskset -c 1 "$bin/egress-bench" "$@" 2>>"$clientlog"; }
+
+# ---- peers: install if missing, check what they allow ------------------------------------------
+envoy_bin() { echo "${ENVOY:-$(ls "$run"/envoy-venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -1)}"; }
+missing=""
+for c in haproxy nginx squid; do command -v "$c" >/dev/null || missing="$missing $c"; done
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$missing nginx-stream-module"
+[ -x "$(envoy_bin)" ] || missing="$missing envoy"
+if [ -n "$missing" ]; then
+  log "missing:$missing; running $peers install"
+  "$peers" install
+fi
+conf=$(dirname "$peers")/conf
+if ! grep -Eq '^acl ports_ok port( .*)? 9000( |$)' "$conf/squid.conf" \
+  || ! grep -Eq '^acl ports_ok port( .*)? 9001( |$)' "$conf/squid.conf"; then
+  # squid would answer 403 to CONNECT 127.0.0.1:9000/9001: run peers.sh from a patched copy.
+  log "squid.conf does not allow ports 9000 9001; using a patched copy in $run/peers-copy"
+  rm -rf "$run/peers-copy"; mkdir -p "$run/peers-copy"
+  cp -r "$(dirname "$peers")/." "$run/peers-copy/"
+  sed -i -E 's/^(acl ports_ok port .*)$/\1 9000 9001/' "$run/peers-copy/conf/squid.conf"
+  peers=$run/peers-copy/$(basename "$peers")
+fi
+grep -q '"127.0.0.1:9000"' "$conf/envoy-connect.conf" && grep -q '"127.0.0.1:9001"' "$conf/envoy-connect.conf" \
+  || log "warning: envoy-connect.conf does not route 127.0.0.1:9000/9001; its figures will be errors"
+
+# ---- process bookkeeping -----------------------------------------------------------------------
+up_pid="" gw_pid="" cur_peer=""
+alive() { # pid: running and not a zombie
+  local s; s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  case $s in Z*) return 1 ;; *) return 0 ;; esac
+}
+wait_gone() { # pid seconds
+  local i; for ((i = 0; i < $2 * 10; i++)); do alive "$1" || return 0; sleep 0.1; done; return 1
+}
+wait_port() { # port seconds
+  local i; for ((i = 0; i < $2 * 10; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1
+  done; return 1
+}
+stop_peer() {
+  [ -n "$cur_peer" ] || return 0
+  local pf=$run/$cur_peer.pid pid=""
+  [ -f "$pf" ] && pid=$(cat "$pf")
+  "$peers" stop "$cur_peer" || true
+  [ -z "$pid" ] || wait_gone "$pid" 15 || { log "$cur_peer ($pid) still running; killing"; kill -KILL "$pid" 2>/dev/null || true; }
+  cur_peer=""
+}
+stop_gateway() {
+  [ -n "$gw_pid" ] || return 0
+  kill -TERM "$gw_pid" 2>/dev/null || true
+  wait_gone "$gw_pid" 30 || { log "egress-gateway still running; killing"; kill -KILL "$gw_pid" 2>/dev/null || true; }
+  wait "$gw_pid" 2>/dev/null || true
+  gw_pid=""
+}
+cleanup() {
+  stop_peer; stop_gateway
+  if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- upstreams ---------------------------------------------------------------------------------
+taskset -c 1 "$bin/egress-bench" upstreams --echo 127.0.0.1:9000 --discard 127.0.0.1:9001 \
+  2>"$run/upstreams.log" &
+up_pid=$!
+wait_port 9000 10 && wait_port 9001 10 || { cat "$run/upstreams.log" >&2; die "upstreams did not start"; }
+
+# ---- the gateway's config ----------------------------------------------------------------------
+write_gateway_config() {
+  cat >"$run/gateway-policy.yaml" <<'EOF'
+version: 1
+mode: enforce
+default: deny
+rules:
+  - name: bench-loopback
+    action: allow
+    from:
+      - cidr: 127.0.0.0/8
+    to:
+      # A cidr entry is also what lets the address guard dial 127.0.0.1 (blocked by default).
+      - cidr: 127.0.0.1/32
+        ports: [9000, 9001]
+EOF
+  cat >"$run/gateway.yaml" <<EOF
+listeners:
+  - name: bench
+    kind: connect
+    address: 127.0.0.1:9200
+policy:
+  path: $run/gateway-policy.yaml
+limits:
+  maxConnections: 1000000
+admin:
+  address: 127.0.0.1:9901
+log:
+  format: text
+  level: warn
+EOF
+}
+
+# ---- measurements ------------------------------------------------------------------------------
+declare -A THR RATE ERRS P50 P99 IDLE VIA
+field() { # line n: the n-th word of a result line, or n/a
+  local v; v=$(awk -v n="$2" '{print $n}' <<<"$1"); echo "${v:-n/a}"
+}
+
+measure() { # name via discard-port echo-port pid-or-empty
+  local name=$1 via=$2 dport=$3 eport=$4 pid=$5 out
+  local thr_to=() echo_to=()
+  if [ "$via" = connect ]; then thr_to=(--connect-to 127.0.0.1:9001); echo_to=(--connect-to 127.0.0.1:9000); fi
+  VIA[$name]=$via
+  echo "== $name" >>"$clientlog"
+  if out=$(client throughput --target "127.0.0.1:$dport" --via "$via" "${thr_to[@]}" --seconds "$secs" --label "$name"); then
+    THR[$name]=$(field "$out" 3)
+  else THR[$name]=n/a; log "$name: throughput failed (see $clientlog)"; fi
+  log "$name: throughput ${THR[$name]} Gbit/s"
+  sleep 1
+  if out=$(client connrate --target "127.0.0.1:$eport" --via "$via" "${echo_to[@]}" \
+    --concurrency "$concurrency" --sources "$sources" --seconds "$secs" --label "$name"); then
+    RATE[$name]=$(field "$out" 3); ERRS[$name]=$(field "$out" 6)
+    P50[$name]=$(field "$out" 8); P99[$name]=$(field "$out" 10)
+  else RATE[$name]=n/a; ERRS[$name]=n/a; P50[$name]=n/a; P99[$name]=n/a; log "$name: connrate failed (see $clientlog)"; fi
+  log "$name: ${RATE[$name]} conn/s, errors ${ERRS[$name]}, p50 ${P50[$name]} us, p99 ${P99[$name]} us"
+  sleep 1
+  IDLE[$name]=n/a
+  if [ -n "$pid" ]; then
+    if out=$(client idle --target "127.0.0.1:$eport" --via "$via" "${echo_to[@]}" --count "$idle_count" \
+      --sources "$sources" --pid "$pid" --label "$name"); then
+      IDLE[$name]=$(field "$out" 3)
+    else log "$name: idle failed (see $clientlog)"; fi
+    log "$name: idle ${IDLE[$name]} B/tunnel"
+  fi
+}
+
+peer() { # name via discard-port echo-port
+  local name=$1 pid
+  cur_peer=$name
+  "$peers" start "$name" >/dev/null || { log "$name did not start"; cur_peer=""; return 0; }
+  wait_port "$3" 20 && wait_port "$4" 20 || { log "$name does not listen"; stop_peer; return 0; }
+  pid=$(cat "$run/$name.pid")
+  # nginx runs a master and one worker: the worker holds the connections.
+  case $name in nginx-*) pid=$(pgrep -P "$pid" | head -1 || true) ;; esac
+  measure "$@" "$pid"
+  stop_peer
+}
+
+for name in $only; do
+  case $name in
+    direct) measure direct tcp 9001 9000 "" ;;
+    haproxy-tcp) peer haproxy-tcp tcp 9109 9107 ;;
+    nginx-stream) peer nginx-stream tcp 9110 9108 ;;
+    envoy-tcp) peer envoy-tcp tcp 9113 9112 ;;
+    squid) peer squid connect 9103 9103 ;;
+    envoy-connect) peer envoy-connect connect 9114 9114 ;;
+    egress-gateway)
+      write_gateway_config
+      taskset -c 0 "$bin/egress-gateway" run --config "$run/gateway.yaml" \
+        >/dev/null 2>"$run/egress-gateway.log" &
+      gw_pid=$!
+      if wait_port 9200 20; then
+        measure egress-gateway connect 9200 9200 "$gw_pid"
+      else
+        log "egress-gateway does not listen on 9200:"; cat "$run/egress-gateway.log" >&2
+      fi
+      stop_gateway
+      ;;
+    *) die "unknown path '$name' in BENCH_ONLY" ;;
+  esac
+done
+
+# ---- the table ---------------------------------------------------------------------------------
+num() { [[ ${1:-} =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; }
+ratio() { # a b
+  if num "${1:-}" && num "${2:-}" && awk -v b="$2" 'BEGIN{exit !(b != 0)}'; then
+    awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'
+  else echo "—"; fi
+}
+show() { local v=${1:-}; [ -n "$v" ] && [ "$v" != n/a ] && echo "$v" || echo "—"; }
+
+{
+  echo "### egress-bench, $(date -u +%Y-%m-%dT%H:%MZ), ${secs} s per figure, profile $profile"
+  echo
+  echo "Machine: $(nproc) CPUs, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1);" \
+    "proxy on CPU 0, client and upstreams on CPU 1; commit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)."
+  echo
+  echo "| path | via | throughput (Gbit/s) | connections/s (c=$concurrency, $sources sources) | errors | p50 (µs) | p99 (µs) | idle (B/tunnel, n=$idle_count) |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for n in $only; do
+    [ -n "${VIA[$n]:-}" ] || continue
+    echo "| $n | ${VIA[$n]} | $(show "${THR[$n]:-}") | $(show "${RATE[$n]:-}") | $(show "${ERRS[$n]:-}") | $(show "${P50[$n]:-}") | $(show "${P99[$n]:-}") | $(show "${IDLE[$n]:-}") |"
+  done
+  echo
+  echo "Ratios (row ÷ reference; throughput and conn/s: higher is better, idle memory: lower is better):"
+  echo
+  echo "| path | thr ÷ direct | thr ÷ haproxy-tcp | thr ÷ envoy-tcp | thr ÷ envoy-connect | conn/s ÷ squid | conn/s ÷ envoy-connect | idle ÷ envoy-connect | idle ÷ squid |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for n in $only; do
+    [ -n "${VIA[$n]:-}" ] || continue
+    t=${THR[$n]:-} r=${RATE[$n]:-} i=${IDLE[$n]:-}
+    echo "| $n | $(ratio "$t" "${THR[direct]:-}") | $(ratio "$t" "${THR[haproxy-tcp]:-}") | $(ratio "$t" "${THR[envoy-tcp]:-}") | $(ratio "$t" "${THR[envoy-connect]:-}") | $(ratio "$r" "${RATE[squid]:-}") | $(ratio "$r" "${RATE[envoy-connect]:-}") | $(ratio "$i" "${IDLE[envoy-connect]:-}") | $(ratio "$i" "${IDLE[squid]:-}") |"
+  done
+} | tee "$run/results.md"
+log "table saved to $run/results.md; client details in $clientlog"

@@ -1,0 +1,343 @@
+//! The `connect` listener: HTTP CONNECT tunnels and absolute-form plain-HTTP forwarding.
+//!
+//! [`proxy`] is the whole life of a connection, top to bottom:
+//! `head -> request -> identity -> policy -> resolve -> guard -> dial -> reply -> relay`.
+//! Each step returns `Result<_, Reject>`; [`handle`] is the one place that turns a rejection into
+//! a response, a metric and an audit line. After a rejection the gateway answers, shuts down its
+//! side and discards whatever the client still sends: bytes after a refused CONNECT are never
+//! processed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use egress_policy::{Action, Verdict};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::audit::{AuditRecord, AuditSink, ShadowEntry};
+use crate::config::GatewayConfig;
+use crate::dns::Dns;
+use crate::http::{self, Body, ChunkedScanner, ProxyRequest};
+use crate::identity::StaticIdentities;
+use crate::metrics::{ListenerMetrics, Metrics, RuleLabels};
+use crate::policy_store::PolicyStore;
+use crate::reason::{Reason, Reject};
+use crate::relay::{self, Close, Meters};
+
+/// What every listener shares.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub policy: Arc<PolicyStore>,
+    pub dns: Dns,
+    pub metrics: Arc<Metrics>,
+    pub audit: AuditSink,
+    pub identities: StaticIdentities,
+    pub conns: ConnTracker,
+    /// Turns true when the drain period is over: live tunnels close.
+    pub force_close: watch::Receiver<bool>,
+}
+
+/// Counts live connections against `maxConnections`, and lets shutdown wait for zero.
+pub struct ConnTracker {
+    active: AtomicUsize,
+    max: usize,
+    idle: Notify,
+}
+
+impl ConnTracker {
+    pub fn new(max: usize) -> Self {
+        ConnTracker {
+            active: AtomicUsize::new(0),
+            max,
+            idle: Notify::new(),
+        }
+    }
+
+    fn enter<'a>(&'a self, metrics: &'a ListenerMetrics) -> Option<Active<'a>> {
+        let prev = self.active.fetch_add(1, Ordering::AcqRel);
+        let guard = Active { tracker: self, metrics };
+        metrics.active.inc();
+        if prev >= self.max {
+            drop(guard);
+            return None;
+        }
+        Some(guard)
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct Active<'a> {
+    tracker: &'a ConnTracker,
+    metrics: &'a ListenerMetrics,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.metrics.active.dec();
+        if self.tracker.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tracker.idle.notify_waiters();
+        }
+    }
+}
+
+/// One `connect` listener.
+pub struct ConnectListener {
+    pub name: String,
+    pub gateway: Arc<Gateway>,
+    pub metrics: ListenerMetrics,
+}
+
+/// Accepts until `stop` turns true.
+pub async fn serve(listener: TcpListener, ctx: Arc<ConnectListener>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(handle(Arc::clone(&ctx), stream, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors, usually: back off instead of spinning.
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tracing::info!(listener = %ctx.name, "stopped accepting");
+}
+
+async fn handle(ctx: Arc<ConnectListener>, mut client: TcpStream, peer: SocketAddr) {
+    let gw = &ctx.gateway;
+    let mut audit = AuditRecord::new(&ctx.name, peer);
+    let active = gw.conns.enter(&ctx.metrics);
+    let result = match active {
+        Some(_) => proxy(&ctx, &mut client, peer, &mut audit).await,
+        None => Err(Reject::new(Reason::Overloaded, "maxConnections reached")),
+    };
+    match result {
+        Ok((verdict, reason)) => gw.metrics.count_connection(&ctx.metrics, verdict, reason),
+        Err(reject) => {
+            tracing::debug!(listener = %ctx.name, source = %peer, reason = reject.reason.as_str(), details = %reject.details, "rejected");
+            audit.decision = Verdict::Deny.as_str();
+            audit.reason = reject.reason.as_str();
+            audit.details = Some(reject.details.clone());
+            gw.metrics.count_connection(&ctx.metrics, Verdict::Deny, reject.reason);
+            refuse(&mut client, &reject).await;
+        }
+    }
+    drop(active);
+    gw.audit.write(audit);
+}
+
+/// Answers a rejection, then closes: our side is shut down at once, and what the client still
+/// sends is read and dropped for a short while (so the answer is not lost to a reset), never
+/// parsed.
+async fn refuse(client: &mut TcpStream, reject: &Reject) {
+    let response = reject.http_response();
+    let _ = tokio::time::timeout(http::LINGER, client.write_all(&response)).await;
+    let _ = client.shutdown().await;
+    let deadline = Instant::now() + http::LINGER;
+    let mut sink = [0u8; 4096];
+    let mut discarded = 0usize;
+    while discarded < 256 * 1024 {
+        match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
+}
+
+/// The life of one connection. Returns the verdict and reason of an allowed connection once its
+/// relay has ended.
+async fn proxy(
+    ctx: &ConnectListener,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    audit: &mut AuditRecord,
+) -> Result<(Verdict, Reason), Reject> {
+    let gw = &*ctx.gateway;
+    let limits = &gw.config.limits;
+
+    let head = http::read_head(client, Instant::now() + limits.header_read_timeout, limits.max_header_bytes).await?;
+    let request = http::parse_request(&head.buf[..head.len])?;
+    let leftover = head.leftover().to_vec();
+    drop(head);
+    let dest = request.destination().clone();
+    audit.host = Some(dest.host.to_string());
+    audit.port = Some(dest.port);
+
+    let identity = gw.identities.identify(peer.ip());
+    audit.set_identity(&identity);
+
+    let loaded = gw.policy.load();
+    let policy = &loaded.policy;
+    let decision = policy.decide(&identity, &dest);
+    record_decision(gw, audit, &decision);
+    if decision.verdict == Verdict::Deny {
+        let details = match &decision.rule {
+            Some(rule) => format!("rule {rule}"),
+            None => format!("no rule allows this caller to reach {dest}"),
+        };
+        return Err(Reject::new(decision.reason.into(), details));
+    }
+
+    let candidates = crate::upstream::resolve(&gw.dns, &dest, &gw.metrics).await?;
+    let addrs = crate::upstream::select_addresses(&gw.config.guard, policy, &identity, &decision, &dest, candidates)?;
+    drop(loaded);
+    let (mut upstream, dialed) = crate::upstream::dial(&gw.config.upstream, &addrs, dest.port, &gw.metrics).await?;
+    audit.upstream = Some(dialed.to_string());
+
+    let allowed = (decision.verdict, Reason::from(decision.reason));
+    let mut force_close = gw.force_close.clone();
+    let idle = gw.config.upstream.idle_timeout;
+    match request {
+        ProxyRequest::Connect { .. } => {
+            let reply = client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n");
+            if reply.await.is_err() {
+                audit.close = Some(Close::Error.as_str());
+                return Ok(allowed);
+            }
+            // Bytes the client sent after the head (optimistic tunnel data) go upstream only now
+            // that the tunnel is allowed and established.
+            let early = leftover.len() as u64;
+            if !leftover.is_empty() {
+                if upstream.write_all(&leftover).await.is_err() {
+                    audit.close = Some(Close::Error.as_str());
+                    return Ok(allowed);
+                }
+                ctx.metrics.bytes_up.inc_by(leftover.len() as u64);
+            }
+            drop(leftover);
+            let meters = Meters {
+                up: &ctx.metrics.bytes_up,
+                down: &ctx.metrics.bytes_down,
+            };
+            let relayed = relay::relay(client, &mut upstream, idle, &mut force_close, meters).await;
+            audit.bytes_up = relayed.up + early;
+            audit.bytes_down = relayed.down;
+            audit.close = Some(relayed.close.as_str());
+        }
+        ProxyRequest::Forward { head, body, .. } => {
+            let sent = forward_request(client, &mut upstream, &head, body, leftover, &ctx.metrics).await;
+            match sent {
+                Ok(up) => {
+                    audit.bytes_up = up;
+                    let (down, close) =
+                        relay::relay_down(client, &mut upstream, idle, &mut force_close, &ctx.metrics.bytes_down).await;
+                    audit.bytes_down = down;
+                    audit.close = Some(close.as_str());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "forwarding request failed");
+                    audit.close = Some(Close::Error.as_str());
+                }
+            }
+        }
+    }
+    Ok(allowed)
+}
+
+/// Puts the decision into the audit line and counts the rule hits.
+fn record_decision(gw: &Gateway, audit: &mut AuditRecord, decision: &egress_policy::Decision) {
+    audit.decision = decision.verdict.as_str();
+    audit.reason = Reason::from(decision.reason).as_str();
+    audit.rule = decision.rule.as_deref().map(str::to_owned);
+    if let Some(rule) = &decision.rule {
+        gw.metrics
+            .rule_hits
+            .get_or_create(&RuleLabels {
+                rule: rule.to_string(),
+                decision: decision.verdict.as_str(),
+            })
+            .inc();
+    }
+    for s in &decision.shadow {
+        let action = s.action.as_str();
+        audit.shadow.push(ShadowEntry {
+            rule: s.rule.to_string(),
+            action,
+        });
+        gw.metrics
+            .rule_hits
+            .get_or_create(&RuleLabels {
+                rule: s.rule.to_string(),
+                decision: match s.action {
+                    Action::Allow => "shadow_allow",
+                    Action::Deny => "shadow_deny",
+                },
+            })
+            .inc();
+    }
+}
+
+/// Sends a forwarded request: the rewritten head, then exactly its body. Bytes after the body
+/// are not forwarded: one request per client connection.
+async fn forward_request(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    head: &[u8],
+    body: Body,
+    leftover: Vec<u8>,
+    metrics: &ListenerMetrics,
+) -> std::io::Result<u64> {
+    upstream.write_all(head).await?;
+    let mut sent = head.len() as u64;
+    let mut pending = leftover;
+    let mut buf = vec![0u8; 16 * 1024];
+    match body {
+        Body::Length(mut left) => loop {
+            let take = usize::try_from(left).unwrap_or(usize::MAX).min(pending.len());
+            upstream.write_all(&pending[..take]).await?;
+            sent += take as u64;
+            left -= take as u64;
+            if left == 0 {
+                break;
+            }
+            let n = client.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "request body cut short"));
+            }
+            pending = buf[..n].to_vec();
+        },
+        Body::Chunked => {
+            let mut scanner = ChunkedScanner::default();
+            loop {
+                let end = scanner
+                    .feed(&pending)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                let take = end.unwrap_or(pending.len());
+                upstream.write_all(&pending[..take]).await?;
+                sent += take as u64;
+                if end.is_some() {
+                    break;
+                }
+                let n = client.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "request body cut short"));
+                }
+                pending = buf[..n].to_vec();
+            }
+        }
+    }
+    metrics.bytes_up.inc_by(sent);
+    Ok(sent)
+}

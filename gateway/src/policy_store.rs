@@ -1,0 +1,250 @@
+//! The live policy: loaded and compiled off the hot path, swapped atomically, read with one
+//! `ArcSwap` load per connection. An invalid file is logged, counted and reported in `/policy`,
+//! and the last good policy stays.
+//!
+//! The file's directory is watched, not the file: a ConfigMap update replaces a `..data` symlink,
+//! which never touches the file's own inode. SIGHUP and a slow periodic check (in case the
+//! watcher misses an event) also reload; an unchanged file (same sha256) is not recompiled.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use egress_policy::{Policy, PolicyErrors};
+use notify::{RecursiveMode, Watcher};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::metrics::{Metrics, RuleLabels};
+
+/// A compiled policy and what `/policy` says about it.
+pub struct LoadedPolicy {
+    pub policy: Policy,
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+}
+
+/// What `/policy` shows.
+#[derive(Serialize)]
+pub struct PolicyStatus {
+    pub path: Option<String>,
+    pub sha256: String,
+    pub loaded_at: String,
+    pub rules: usize,
+    pub mode: &'static str,
+    pub default: &'static str,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+}
+
+pub struct PolicyStore {
+    path: Option<PathBuf>,
+    current: ArcSwap<LoadedPolicy>,
+    /// The last reload error; a std mutex, never held across an await.
+    last_error: Mutex<Option<(String, SystemTime)>>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(#[from] PolicyErrors),
+}
+
+fn sha256_hex(text: &[u8]) -> String {
+    Sha256::digest(text).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_and_compile(path: &Path) -> Result<LoadedPolicy, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let policy = Policy::from_yaml(&text, &path.display().to_string())?;
+    Ok(LoadedPolicy {
+        policy,
+        sha256: sha256_hex(text.as_bytes()),
+        loaded_at: SystemTime::now(),
+    })
+}
+
+/// Outcome of a reload attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    Swapped,
+    Unchanged,
+}
+
+impl PolicyStore {
+    /// Loads the initial policy: the file at `path` (which must be valid), or deny-all.
+    pub fn open(path: Option<PathBuf>, metrics: Arc<Metrics>) -> Result<Arc<Self>, LoadError> {
+        let loaded = match &path {
+            Some(p) => read_and_compile(p)?,
+            None => LoadedPolicy {
+                policy: Policy::deny_all(),
+                sha256: sha256_hex(b""),
+                loaded_at: SystemTime::now(),
+            },
+        };
+        metrics.policy_rules.set(loaded.policy.rules().len() as i64);
+        metrics.reload("ok");
+        Ok(Arc::new(PolicyStore {
+            path,
+            current: ArcSwap::from_pointee(loaded),
+            last_error: Mutex::new(None),
+            metrics,
+        }))
+    }
+
+    /// The policy for a new connection.
+    pub fn load(&self) -> Arc<LoadedPolicy> {
+        self.current.load_full()
+    }
+
+    /// Reads, validates and compiles the file, then swaps it in. Blocking: call it off the
+    /// async workers (see [`PolicyStore::reload_async`]).
+    pub fn reload(&self) -> Result<Reloaded, LoadError> {
+        let Some(path) = &self.path else {
+            return Ok(Reloaded::Unchanged);
+        };
+        let result = std::fs::read(path)
+            .map_err(|source| LoadError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+            .and_then(|bytes| {
+                if sha256_hex(&bytes) == self.current.load().sha256 {
+                    Ok(None)
+                } else {
+                    read_and_compile(path).map(Some)
+                }
+            });
+        let mut last_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(None) => {
+                *last_error = None;
+                Ok(Reloaded::Unchanged)
+            }
+            Ok(Some(loaded)) => {
+                let old = self.current.load_full();
+                self.metrics.policy_rules.set(loaded.policy.rules().len() as i64);
+                // Drop the hit counters of rules that no longer exist: label values stay bounded.
+                for r in old.policy.rules() {
+                    if !loaded.policy.rules().iter().any(|n| n.name == r.name) {
+                        for decision in ["allow", "deny", "audit_allow", "shadow_allow", "shadow_deny"] {
+                            self.metrics.rule_hits.remove(&RuleLabels {
+                                rule: r.name.to_string(),
+                                decision,
+                            });
+                        }
+                    }
+                }
+                tracing::info!(
+                    path = %path.display(),
+                    sha256 = %loaded.sha256,
+                    rules = loaded.policy.rules().len(),
+                    "policy reloaded"
+                );
+                self.current.store(Arc::new(loaded));
+                *last_error = None;
+                self.metrics.reload("ok");
+                Ok(Reloaded::Swapped)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload rejected; keeping the last good policy");
+                *last_error = Some((e.to_string(), SystemTime::now()));
+                self.metrics.reload("error");
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn reload_async(self: &Arc<Self>) {
+        let store = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+    }
+
+    pub fn status(&self) -> PolicyStatus {
+        let cur = self.current.load();
+        let last_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        PolicyStatus {
+            path: self.path.as_ref().map(|p| p.display().to_string()),
+            sha256: cur.sha256.clone(),
+            loaded_at: humantime::format_rfc3339_millis(cur.loaded_at).to_string(),
+            rules: cur.policy.rules().len(),
+            mode: match cur.policy.mode {
+                egress_policy::Mode::Enforce => "enforce",
+                egress_policy::Mode::Audit => "audit",
+            },
+            default: cur.policy.default.as_str(),
+            last_error_at: last_error
+                .as_ref()
+                .map(|(_, t)| humantime::format_rfc3339_millis(*t).to_string()),
+            last_error: last_error.map(|(e, _)| e),
+        }
+    }
+
+    /// Watches the policy's directory and reloads on change, on SIGHUP, and every `poll`.
+    /// Runs until the process ends.
+    pub async fn watch(self: Arc<Self>, poll: Duration) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let watcher = {
+            let tx = tx.clone();
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok() {
+                    // A full channel already means "reload pending".
+                    let _ = tx.try_send(());
+                }
+            })
+        };
+        let _watcher = match watcher {
+            Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policy directory; relying on SIGHUP and polling");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no file watcher; relying on SIGHUP and polling");
+                None
+            }
+        };
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        };
+        let mut ticker = tokio::time::interval(poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(()) = rx.recv() => {
+                    // Let a burst of events (a symlink swap is several) settle into one reload.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading policy");
+                }
+                _ = ticker.tick() => {}
+            }
+            self.reload_async().await;
+        }
+    }
+}

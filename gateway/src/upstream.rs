@@ -1,0 +1,135 @@
+//! From a decided destination to a connected upstream socket: resolve, apply the address guard
+//! and the policy to every answer, dial exactly the addresses that passed.
+//!
+//! The addresses dialed are the addresses checked: nothing here resolves twice or falls back to
+//! another source of addresses. Answers that are blocked are skipped; the others are tried in the
+//! order the resolver gave them.
+
+use std::net::{IpAddr, SocketAddr};
+
+use egress_policy::{Decision, Destination, Host, Identity, Mode, Policy};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use crate::config::UpstreamConfig;
+use crate::dns::{Dns, DnsError};
+use crate::guard::AddressGuard;
+use crate::metrics::Metrics;
+use crate::reason::{Reason, Reject};
+
+/// The candidate addresses of a destination: the literal itself, or what DNS says.
+pub async fn resolve(dns: &Dns, dest: &Destination, metrics: &Metrics) -> Result<Vec<IpAddr>, Reject> {
+    match &dest.host {
+        Host::Ip(ip) => Ok(vec![*ip]),
+        Host::Name(name) => {
+            let started = Instant::now();
+            let result = dns.resolve(name).await;
+            metrics.dns_resolve_seconds.observe(started.elapsed().as_secs_f64());
+            result.map_err(|e| match e {
+                DnsError::NoAddresses(_) | DnsError::Failed { .. } => Reject::new(Reason::DnsFailure, e.to_string()),
+            })
+        }
+    }
+}
+
+/// Keeps the addresses that may be dialed. An address is dropped when an enforce-mode deny
+/// rule's `cidr` entry covers it, or when the guard blocks it and no exception applies: the
+/// address lies in `addressGuard.allowed`, in a `cidr` entry of an allow rule for this caller, or
+/// the matching `host` entry says `allowPrivateAddresses: true`.
+pub fn select_addresses(
+    guard: &AddressGuard,
+    policy: &Policy,
+    identity: &Identity,
+    decision: &Decision,
+    dest: &Destination,
+    candidates: Vec<IpAddr>,
+) -> Result<Vec<IpAddr>, Reject> {
+    let mut allowed = Vec::with_capacity(candidates.len());
+    let mut refused: Option<Reject> = None;
+    for ip in candidates {
+        let by_address = match dest.host {
+            Host::Ip(_) => decision.clone(),
+            Host::Name(_) => policy.decide(identity, &Destination { host: Host::Ip(ip), port: dest.port }),
+        };
+        if by_address.denied_by_rule() && policy.mode == Mode::Enforce {
+            refused.get_or_insert_with(|| {
+                Reject::new(
+                    Reason::DeniedByRule,
+                    format!("{ip} is denied by rule {}", by_address.rule.as_deref().unwrap_or("?")),
+                )
+            });
+            continue;
+        }
+        if let Some(range) = guard.blocked_range(ip) {
+            let excepted = guard.is_excepted(ip)
+                || decision.allow_private_addresses
+                || by_address.allowed_by_rule();
+            if !excepted {
+                let r = Reject::new(Reason::BlockedAddress, format!("{ip} is in blocked range {range}"));
+                // A guard refusal explains more than a rule refusal when both happened.
+                if refused.as_ref().is_none_or(|x| x.reason != Reason::BlockedAddress) {
+                    refused = Some(r);
+                }
+                continue;
+            }
+        }
+        allowed.push(ip);
+    }
+    if allowed.is_empty() {
+        return Err(refused.unwrap_or_else(|| Reject::new(Reason::DnsFailure, "no addresses")));
+    }
+    Ok(allowed)
+}
+
+/// Dials the addresses in order until one answers. `connectTimeout` bounds the whole attempt.
+pub async fn dial(
+    cfg: &UpstreamConfig,
+    addrs: &[IpAddr],
+    port: u16,
+    metrics: &Metrics,
+) -> Result<(TcpStream, SocketAddr), Reject> {
+    let started = Instant::now();
+    let deadline = started + cfg.connect_timeout;
+    let mut last: Option<Reject> = None;
+    for ip in addrs {
+        let target = SocketAddr::new(*ip, port);
+        let socket = match open_socket(cfg, *ip) {
+            Ok(s) => s,
+            Err(r) => {
+                last = Some(r);
+                continue;
+            }
+        };
+        match tokio::time::timeout_at(deadline, socket.connect(target)).await {
+            Ok(Ok(stream)) => {
+                metrics.upstream_connect_seconds.observe(started.elapsed().as_secs_f64());
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, target));
+            }
+            Ok(Err(e)) => last = Some(Reject::new(Reason::UpstreamRefused, format!("{target}: {e}"))),
+            Err(_) => {
+                return Err(Reject::new(
+                    Reason::UpstreamTimeout,
+                    format!("{target}: no answer within connectTimeout"),
+                ))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Reject::new(Reason::UpstreamRefused, "no address to dial")))
+}
+
+fn open_socket(cfg: &UpstreamConfig, ip: IpAddr) -> Result<TcpSocket, Reject> {
+    let fail = |what: &str, e: std::io::Error| Reject::new(Reason::UpstreamRefused, format!("{what}: {e}"));
+    let socket = if ip.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .map_err(|e| fail("socket", e))?;
+    if let Some(bind) = cfg.bind_address {
+        if bind.is_ipv4() != ip.is_ipv4() {
+            return Err(Reject::new(
+                Reason::UpstreamRefused,
+                format!("{ip}: bindAddress {bind} is of the other address family"),
+            ));
+        }
+        socket.bind(SocketAddr::new(bind, 0)).map_err(|e| fail("bind", e))?;
+    }
+    Ok(socket)
+}
