@@ -100,9 +100,11 @@ wait_gone() { # pid seconds
   local i; for ((i = 0; i < $2 * 10; i++)); do alive "$1" || return 0; sleep 0.1; done; return 1
 }
 wait_port() { # port seconds
-  local i; for ((i = 0; i < $2 * 10; i++)); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1
-  done; return 1
+  local i; for ((i = 0; i < $2 * 10; i++)); do listening "$1" && return 0; sleep 0.1; done; return 1
+}
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ports_free() { # port...: none of them has a listener yet (a stale peer would be measured instead)
+  local p; for p in "$@"; do listening "$p" && { log "127.0.0.1:$p is already in use"; return 1; }; done; return 0
 }
 stop_peer() {
   [ -n "$cur_peer" ] || return 0
@@ -127,6 +129,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- upstreams ---------------------------------------------------------------------------------
+ports_free 9000 9001 || die "stop whatever listens there (a previous run?) and retry"
 taskset -c 1 "$bin/egress-bench" upstreams --echo 127.0.0.1:9000 --discard 127.0.0.1:9001 \
   2>"$run/upstreams.log" &
 up_pid=$!
@@ -201,6 +204,7 @@ measure() { # name via discard-port echo-port pid-or-empty
 
 peer() { # name via discard-port echo-port
   local name=$1 pid
+  ports_free "$3" "$4" || { log "$name: skipped"; return 0; }
   cur_peer=$name
   "$peers" start "$name" >/dev/null || { log "$name did not start"; cur_peer=""; return 0; }
   wait_port "$3" 20 && wait_port "$4" 20 || { log "$name does not listen"; stop_peer; return 0; }
@@ -220,6 +224,7 @@ for name in $only; do
     squid) peer squid connect 9103 9103 ;;
     envoy-connect) peer envoy-connect connect 9114 9114 ;;
     egress-gateway)
+      ports_free 9200 9901 || { log "egress-gateway: skipped"; continue; }
       write_gateway_config
       taskset -c 0 "$bin/egress-gateway" run --config "$run/gateway.yaml" \
         >/dev/null 2>"$run/egress-gateway.log" &

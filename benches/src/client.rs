@@ -142,7 +142,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn first_line(head: &[u8]) -> String {
-    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or(&[]);
+    let line = head
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(&[]);
     let line = &line[..line.len().min(200)];
     if line.is_empty() {
         "no status line".to_string()
@@ -177,7 +180,10 @@ pub async fn throughput(route: &Route, secs: Duration) -> Result<()> {
         leftover,
     } = route.open().await?;
     if !leftover.is_empty() {
-        bail!("the discard upstream sent {} bytes before EOF", leftover.len());
+        bail!(
+            "the discard upstream sent {} bytes before EOF",
+            leftover.len()
+        );
     }
     let buf = vec![0xa5u8; THROUGHPUT_BUF];
     let start = Instant::now();
@@ -190,7 +196,8 @@ pub async fn throughput(route: &Route, secs: Duration) -> Result<()> {
             Ok(Ok(0)) => bail!("the tunnel accepted no more bytes after {written}"),
             Ok(Ok(n)) => written += n as u64,
             Ok(Err(e)) => {
-                return Err(e).with_context(|| format!("writing to the tunnel after {written} bytes"))
+                return Err(e)
+                    .with_context(|| format!("writing to the tunnel after {written} bytes"))
             }
         }
     }
@@ -217,7 +224,11 @@ pub async fn throughput(route: &Route, secs: Duration) -> Result<()> {
 
     let (bytes, end, source) = match outcome {
         Ok(Ok(reply)) => match <[u8; 8]>::try_from(reply.as_slice()) {
-            Ok(count) => (u64::from_le_bytes(count), Instant::now(), "counted by the upstream"),
+            Ok(count) => (
+                u64::from_le_bytes(count),
+                Instant::now(),
+                "counted by the upstream",
+            ),
             Err(_) if reply.is_empty() => (
                 written,
                 Instant::now(),

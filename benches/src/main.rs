@@ -120,7 +120,9 @@ pub enum Via {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match sys::raise_nofile_limit() {
-        Ok((from, to)) if from != to => eprintln!("egress-bench: RLIMIT_NOFILE raised {from} -> {to}"),
+        Ok((from, to)) if from != to => {
+            eprintln!("egress-bench: RLIMIT_NOFILE raised {from} -> {to}")
+        }
         Ok(_) => {}
         Err(e) => eprintln!("egress-bench: could not raise RLIMIT_NOFILE: {e}"),
     }

@@ -1,0 +1,205 @@
+//! An allowed CONNECT tunnel end to end: bytes both ways, half-close in each direction, TLS
+//! inside the tunnel, optimistic data after the head, plain-HTTP forwarding, and the audit line.
+
+use egress_tests::client::{self, connect, read_to_end};
+use egress_tests::dns::DnsServer;
+use egress_tests::gateway::Gateway;
+use egress_tests::upstream::{Behaviour, TlsUpstream, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn policy(port: u16) -> String {
+    format!(
+        r#"version: 1
+rules:
+  - name: batch-to-echo
+    action: allow
+    from:
+      - spiffe: spiffe://corp.example/vm/batch
+    to:
+      - host: echo.test
+        ports: [{port}]
+        allowPrivateAddresses: true
+  - name: loopback-callers
+    action: allow
+    from:
+      - cidr: 127.0.0.0/8
+    to:
+      - host: "*.tunnel.test"
+        ports: "*"
+        allowPrivateAddresses: true
+"#
+    )
+}
+
+fn config(dns: &DnsServer) -> String {
+    format!(
+        "identity:\n  static:\n    - cidr: 127.0.0.2/32\n      spiffe: spiffe://corp.example/vm/batch\ndns:\n  nameservers: [\"{}\"]\n",
+        dns.addr
+    )
+}
+
+#[tokio::test]
+async fn allowed_tunnel_carries_bytes_both_ways_and_survives_client_half_close() {
+    let dns = DnsServer::start().await;
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    dns.set("echo.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(echo.addr.port()), &config(&dns)).await;
+
+    let (mut s, r) = connect("127.0.0.2", gw.proxy, &format!("echo.test:{}", echo.addr.port())).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    s.write_all(b"ping").await.expect("write");
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).await.expect("echo");
+    assert_eq!(&got, b"ping");
+    // Half-close from the caller: the upstream sees EOF, finishes, and its EOF comes back.
+    s.write_all(b"last").await.expect("write");
+    s.shutdown().await.expect("half-close");
+    assert_eq!(read_to_end(&mut s).await, b"last");
+
+    let line = gw.wait_audit("the tunnel's audit line", |v| v["host"] == "echo.test").await;
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["reason"], "allowed_by_rule");
+    assert_eq!(line["rule"], "batch-to-echo");
+    assert_eq!(line["identity"], "spiffe://corp.example/vm/batch");
+    assert_eq!(line["identity_source"], "static");
+    assert_eq!(line["listener"], "proxy");
+    assert_eq!(line["port"], echo.addr.port());
+    assert_eq!(line["upstream"], echo.addr.to_string());
+    assert_eq!(line["bytes_up"], 8);
+    assert_eq!(line["bytes_down"], 8);
+    assert_eq!(line["close"], "eof");
+    assert!(line["source"].as_str().expect("source").starts_with("127.0.0.2:"));
+    for key in ["ts", "namespace", "service_account", "pod", "duration_ms", "shadow"] {
+        assert!(line.get(key).is_some(), "audit line lacks {key}: {line}");
+    }
+}
+
+#[tokio::test]
+async fn upstream_half_close_still_lets_the_caller_send() {
+    let dns = DnsServer::start().await;
+    let up = Upstream::start("127.0.0.1:0", Behaviour::GreetThenHalfClose).await;
+    dns.set("greet.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+
+    let (mut s, r) = connect("127.0.0.3", gw.proxy, &format!("greet.tunnel.test:{}", up.addr.port())).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let mut hello = [0u8; 5];
+    s.read_exact(&mut hello).await.expect("greeting");
+    assert_eq!(&hello, b"hello");
+    // The upstream has half-closed: we see EOF, yet our direction stays open.
+    let mut one = [0u8; 1];
+    assert_eq!(s.read(&mut one).await.expect("read EOF"), 0);
+    s.write_all(b"still here").await.expect("write after upstream EOF");
+    s.shutdown().await.expect("close");
+    egress_tests::eventually("the upstream to receive the late bytes", || {
+        (up.received() == b"still here").then_some(())
+    })
+    .await;
+    let line = gw.wait_audit("audit line", |v| v["host"] == "greet.tunnel.test").await;
+    assert_eq!(line["bytes_up"], 10);
+    assert_eq!(line["bytes_down"], 5);
+    assert_eq!(line["identity_source"], "none");
+    assert_eq!(line["rule"], "loopback-callers");
+}
+
+#[tokio::test]
+async fn tls_runs_inside_the_tunnel_and_optimistic_bytes_wait_for_the_tunnel() {
+    let dns = DnsServer::start().await;
+    let tls = TlsUpstream::start("secure.tunnel.test").await;
+    dns.set("secure.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+
+    let mut s = client::connect_from("127.0.0.4", gw.proxy).await;
+    let target = format!("secure.tunnel.test:{}", tls.addr.port());
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("CONNECT");
+    let r = client::read_response(&mut s).await;
+    assert_eq!(r.status, 200);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(tls.cert_der.clone()).expect("trust the upstream");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("secure.tunnel.test").expect("name");
+    let mut t = connector.connect(name, s).await.expect("TLS handshake through the tunnel");
+    t.write_all(b"over tls").await.expect("write");
+    let mut got = [0u8; 8];
+    t.read_exact(&mut got).await.expect("read");
+    assert_eq!(&got, b"over tls");
+
+    // Bytes sent right behind the CONNECT head are held until the tunnel is up, then delivered.
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    dns.set("opt.tunnel.test", &["127.0.0.1"]);
+    let mut s = client::connect_from("127.0.0.4", gw.proxy).await;
+    let target = format!("opt.tunnel.test:{}", echo.addr.port());
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\n\r\nearly").as_bytes())
+        .await
+        .expect("CONNECT with early data");
+    let r = client::read_response(&mut s).await;
+    assert_eq!(r.status, 200);
+    let mut got = r.rest.clone();
+    while got.len() < 5 {
+        let mut b = [0u8; 16];
+        let n = s.read(&mut b).await.expect("read");
+        assert!(n > 0);
+        got.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(got, b"early");
+}
+
+#[tokio::test]
+async fn absolute_form_http_is_forwarded_once_in_origin_form() {
+    let dns = DnsServer::start().await;
+    let http = Upstream::start("127.0.0.1:0", Behaviour::Http).await;
+    dns.set("web.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+
+    let mut s = client::connect_from("127.0.0.5", gw.proxy).await;
+    let port = http.addr.port();
+    s.write_all(
+        format!("GET http://web.tunnel.test:{port}/p?q=1 HTTP/1.1\r\nHost: elsewhere.test\r\nProxy-Authorization: secret\r\nUser-Agent: t\r\n\r\nGET http://other.test/ HTTP/1.1\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("send");
+    let reply = read_to_end(&mut s).await;
+    assert!(reply.starts_with(b"HTTP/1.1 200 OK"), "{}", String::from_utf8_lossy(&reply));
+    assert!(reply.ends_with(b"ok"));
+    let seen = String::from_utf8(http.received()).expect("ascii");
+    assert_eq!(
+        seen,
+        format!("GET /p?q=1 HTTP/1.1\r\nHost: web.tunnel.test:{port}\r\nUser-Agent: t\r\nConnection: close\r\n\r\n"),
+        "the origin sees origin-form, the URI's host, no proxy credentials, and nothing of the second request"
+    );
+    assert_eq!(http.accepted(), 1);
+}
+
+#[tokio::test]
+async fn curl_fetches_through_the_gateway() {
+    let dns = DnsServer::start().await;
+    let http = Upstream::start("127.0.0.1:0", Behaviour::Http).await;
+    dns.set("curl.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-p", "-x"])
+        .arg(format!("http://{}", gw.proxy))
+        .arg(format!("http://curl.tunnel.test:{}/hello", http.addr.port()))
+        .output()
+        .await
+        .expect("run curl (install it: apt-get install curl)");
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"ok");
+    let denied = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-p", "-x"])
+        .arg(format!("http://{}", gw.proxy))
+        .arg("http://not-allowed.example:80/")
+        .output()
+        .await
+        .expect("run curl");
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("407"), "{}", String::from_utf8_lossy(&denied.stderr));
+}
