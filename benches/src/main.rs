@@ -117,8 +117,18 @@ pub enum Via {
     Connect,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match start(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egress-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(cli: Cli) -> Result<()> {
     match sys::raise_nofile_limit() {
         Ok((from, to)) if from != to => {
             eprintln!("egress-bench: RLIMIT_NOFILE raised {from} -> {to}")

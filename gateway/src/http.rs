@@ -67,7 +67,10 @@ pub async fn read_head(stream: &mut TcpStream, deadline: Instant, max_bytes: usi
             ));
         }
         if buf.capacity() == buf.len() {
-            buf.reserve((buf.len()).clamp(1024, max_bytes + 1 - buf.len().min(max_bytes)));
+            // Grow geometrically, but never past one byte over the limit: that byte is how we
+            // know the head is too large.
+            let room = max_bytes + 1 - buf.len();
+            buf.reserve(buf.len().max(1024).min(room));
         }
         let searched = buf.len().saturating_sub(3);
         let n = match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {

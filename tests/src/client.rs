@@ -42,6 +42,11 @@ impl Response {
 
 /// Reads one response head.
 pub async fn read_response(stream: &mut TcpStream) -> Response {
+    read_response_from(stream).await
+}
+
+/// Reads one response head from any reader (a read half, say).
+pub async fn read_response_from(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Response {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let end = loop {

@@ -14,11 +14,24 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The gateway binary, built once per test process.
+/// The gateway binary. `cargo test --workspace` builds it; when it is missing or older than the
+/// sources (a run of this crate's tests alone after an edit), it is built here, once per process.
 pub fn binary() -> PathBuf {
     static BUILD: Once = Once::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("egress-gateway");
     BUILD.call_once(|| {
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let newest = ["gateway", "policy", "certs"]
+            .iter()
+            .filter_map(|c| newest_mtime(&root.join(c)))
+            .max();
+        if built.is_some() && built >= newest {
+            return;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-q", "-p", "egress-gateway"])
@@ -27,10 +40,21 @@ pub fn binary() -> PathBuf {
             .expect("run cargo build");
         assert!(status.success(), "building egress-gateway failed");
     });
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    target.join("debug").join("egress-gateway")
+    bin
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 /// A fresh directory under the system temp dir.
