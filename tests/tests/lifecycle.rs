@@ -1,0 +1,153 @@
+//! Hot reload and shutdown: a new policy applies to new connections without a restart, an
+//! invalid one keeps the last good policy and says why, and SIGTERM drains live tunnels while
+//! refusing new ones.
+
+use std::time::Duration;
+
+use egress_tests::client::{connect, read_to_end};
+use egress_tests::dns::DnsServer;
+use egress_tests::gateway::Gateway;
+use egress_tests::upstream::{Behaviour, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn allow(host: &str) -> String {
+    format!(
+        "version: 1\nrules:\n  - name: allow-{host}\n    action: allow\n    from:\n      - cidr: 127.0.0.0/8\n    to:\n      - host: {host}.test\n        ports: [\"*\"]\n        allowPrivateAddresses: true\n"
+    )
+}
+
+async fn setup(extra: &str) -> (DnsServer, Upstream, Gateway) {
+    let dns = DnsServer::start().await;
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    for n in ["one.test", "two.test"] {
+        dns.set(n, &["127.0.0.1"]);
+    }
+    let gw = Gateway::start(&allow("one"), &format!("dns:\n  nameservers: [\"{}\"]\n{extra}", dns.addr)).await;
+    (dns, echo, gw)
+}
+
+async fn code(gw: &Gateway, host: &str, port: u16) -> u16 {
+    connect("127.0.0.2", gw.proxy, &format!("{host}:{port}")).await.1.status
+}
+
+async fn policy_status(gw: &Gateway) -> serde_json::Value {
+    let (status, body) = gw.admin_get("/policy").await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).expect("/policy is JSON")
+}
+
+#[tokio::test]
+async fn a_configmap_symlink_swap_takes_effect_for_new_connections() {
+    let (_dns, echo, mut gw) = setup("").await;
+    let p = echo.addr.port();
+    assert_eq!(code(&gw, "one.test", p).await, 200);
+    assert_eq!(code(&gw, "two.test", p).await, 407);
+    let before = policy_status(&gw).await;
+
+    gw.swap_policy(&allow("two"));
+    let mut swapped = false;
+    for _ in 0..200 {
+        if policy_status(&gw).await["sha256"] != before["sha256"] {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(swapped, "the ..data swap was not picked up");
+    assert_eq!(code(&gw, "two.test", p).await, 200);
+    assert_eq!(code(&gw, "one.test", p).await, 407);
+    assert_eq!(gw.metric("egress_policy_reloads_total{result=\"ok\"}").await, Some(2.0));
+}
+
+#[tokio::test]
+async fn an_invalid_policy_keeps_the_last_good_one_and_reports_the_error() {
+    let (_dns, echo, mut gw) = setup("").await;
+    let p = echo.addr.port();
+    let good = policy_status(&gw).await;
+    gw.swap_policy("version: 1\nrules:\n  - name: broken\n    action: allow\n    from: []\n    to: []\n");
+    let mut status = serde_json::Value::Null;
+    for _ in 0..200 {
+        status = policy_status(&gw).await;
+        if !status["last_error"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let err = status["last_error"].as_str().expect("last_error is reported");
+    assert!(err.contains("policy.yaml:5:") && err.contains("'from' must not be empty"), "{err}");
+    assert_eq!(status["sha256"], good["sha256"], "the last good policy stays loaded");
+    assert_eq!(code(&gw, "one.test", p).await, 200);
+    assert!(gw.metric("egress_policy_reloads_total{result=\"error\"}").await.unwrap_or(0.0) >= 1.0);
+
+    // A fixed file, written in place and announced with SIGHUP, clears the error.
+    gw.write_policy_in_place(&allow("two"));
+    gw.signal("HUP");
+    let mut fixed = false;
+    for _ in 0..200 {
+        let s = policy_status(&gw).await;
+        if s["last_error"].is_null() && s["sha256"] != good["sha256"] {
+            fixed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(fixed, "SIGHUP reload did not apply the fixed policy");
+    assert_eq!(code(&gw, "two.test", p).await, 200);
+}
+
+#[tokio::test]
+async fn sigterm_drains_live_tunnels_and_refuses_new_ones() {
+    let (_dns, echo, mut gw) = setup("shutdown:\n  drainTimeout: 30s\n").await;
+    let p = echo.addr.port();
+    let (mut live, r) = connect("127.0.0.2", gw.proxy, &format!("one.test:{p}")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.admin_get("/readyz").await.0, 200);
+
+    gw.signal("TERM");
+    // Readiness fails at once; the listener stops accepting.
+    let mut not_ready = false;
+    for _ in 0..200 {
+        if gw.admin_get("/readyz").await.0 == 503 {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(not_ready, "/readyz still ready after SIGTERM");
+    let mut refused = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(gw.proxy).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "new connections are still accepted while draining");
+
+    // The live tunnel keeps working during the drain.
+    live.write_all(b"still").await.expect("write during drain");
+    let mut got = [0u8; 5];
+    live.read_exact(&mut got).await.expect("echo during drain");
+    assert_eq!(&got, b"still");
+    assert!(gw.is_running());
+
+    // When it finishes, the gateway exits without waiting out the drain period.
+    live.shutdown().await.expect("close");
+    assert_eq!(read_to_end(&mut live).await, b"");
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    let line = gw.wait_audit("the drained tunnel's line", |v| v["host"] == "one.test").await;
+    assert_eq!(line["bytes_up"], 5);
+}
+
+#[tokio::test]
+async fn tunnels_still_open_when_the_drain_period_ends_are_closed() {
+    let (_dns, echo, mut gw) = setup("shutdown:\n  drainTimeout: 300ms\n").await;
+    let (mut live, r) = connect("127.0.0.2", gw.proxy, &format!("one.test:{}", echo.addr.port())).await;
+    assert_eq!(r.status, 200);
+    gw.signal("TERM");
+    assert_eq!(read_to_end(&mut live).await, b"", "the gateway closed the tunnel");
+    assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
+    let line = gw.wait_audit("the closed tunnel's line", |v| v["host"] == "one.test").await;
+    assert_eq!(line["close"], "drain");
+}
