@@ -22,9 +22,11 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}): use e.g. 500ms, 5s, 1h")))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}): use e.g. 500ms, 5s, 1h"
+            ))
+        })
     }
 }
 
@@ -406,9 +408,8 @@ impl GatewayConfig {
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, &e))?;
-        let overrides: Vec<(String, String)> = env
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect();
+        let overrides: Vec<(String, String)> =
+            env.filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
         let raw = if overrides.is_empty() {
             raw
         } else {
@@ -421,7 +422,10 @@ impl GatewayConfig {
 /// Applies overrides on the whole configuration, defaults included, so that every key can be
 /// named even when the file leaves it out. Key segments match case-insensitively; list items are
 /// named by index (`EGRESS_GATEWAY__LISTENERS__0__ADDRESS`).
-fn apply_overrides(raw: &RawConfig, overrides: &[(String, String)]) -> Result<RawConfig, ConfigError> {
+fn apply_overrides(
+    raw: &RawConfig,
+    overrides: &[(String, String)],
+) -> Result<RawConfig, ConfigError> {
     let mut tree = serde_json::to_value(raw).map_err(|e| ConfigError::Env {
         var: String::new(),
         message: e.to_string(),
@@ -444,8 +448,12 @@ fn apply_overrides(raw: &RawConfig, overrides: &[(String, String)]) -> Result<Ra
                     map.get_mut(&key).expect("key was just found in this map")
                 }
                 serde_json::Value::Array(items) => {
-                    let i: usize = seg.parse().map_err(|_| err(format!("{seg:?} is not a list index")))?;
-                    items.get_mut(i).ok_or_else(|| err(format!("no list item {i}")))?
+                    let i: usize = seg
+                        .parse()
+                        .map_err(|_| err(format!("{seg:?} is not a list index")))?;
+                    items
+                        .get_mut(i)
+                        .ok_or_else(|| err(format!("no list item {i}")))?
                 }
                 _ => return Err(err(format!("{seg:?} names a key inside a scalar"))),
             };
@@ -504,7 +512,8 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
     }
     if raw.identity.kubernetes.enabled {
         return Err(invalid(
-            "identity.kubernetes.enabled: the Pod identity source is not available in this build".into(),
+            "identity.kubernetes.enabled: the Pod identity source is not available in this build"
+                .into(),
         ));
     }
     let td = &raw.identity.trust_domain;
@@ -513,7 +522,8 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
     let mut statics = Vec::new();
     for s in raw.identity.statics {
         let cidr = parse_cidr(&s.cidr).map_err(|e| invalid(format!("identity.static: {e}")))?;
-        let pattern = SpiffePattern::parse(&s.spiffe).map_err(|e| invalid(format!("identity.static: {e}")))?;
+        let pattern = SpiffePattern::parse(&s.spiffe)
+            .map_err(|e| invalid(format!("identity.static: {e}")))?;
         if pattern.exact().is_none() {
             return Err(invalid(format!(
                 "identity.static: {:?} must be a SPIFFE ID, not a pattern",
@@ -592,7 +602,10 @@ mod tests {
     #[test]
     fn empty_config_gets_the_documented_defaults() {
         let c = parse("{}", &[]).expect("defaults are valid");
-        assert_eq!(c.listeners[0].address, SocketAddr::from(([127, 0, 0, 1], 3128)));
+        assert_eq!(
+            c.listeners[0].address,
+            SocketAddr::from(([127, 0, 0, 1], 3128))
+        );
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.limits.max_header_bytes, 16384);
         assert!(c.policy_path.is_none());
@@ -606,7 +619,11 @@ mod tests {
 
     #[test]
     fn durations_accept_ms_s_h_and_refuse_nonsense() {
-        let c = parse("upstream:\n  connectTimeout: 500ms\n  idleTimeout: 1h\n", &[]).expect("valid");
+        let c = parse(
+            "upstream:\n  connectTimeout: 500ms\n  idleTimeout: 1h\n",
+            &[],
+        )
+        .expect("valid");
         assert_eq!(c.upstream.connect_timeout, Duration::from_millis(500));
         assert_eq!(c.upstream.idle_timeout, Duration::from_secs(3600));
         let e = parse("upstream:\n  connectTimeout: soon\n", &[]).expect_err("invalid");
@@ -628,12 +645,19 @@ mod tests {
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.listeners[0].address.port(), 4000);
         let e = parse("{}", &[("EGRESS_GATEWAY__LIMITS__NOPE", "1")]).expect_err("unknown key");
-        assert!(e.to_string().contains("EGRESS_GATEWAY__LIMITS__NOPE"), "{e}");
+        assert!(
+            e.to_string().contains("EGRESS_GATEWAY__LIMITS__NOPE"),
+            "{e}"
+        );
     }
 
     #[test]
     fn features_of_later_builds_are_refused_not_ignored() {
-        assert!(parse("listeners:\n  - {name: t, kind: transparent, address: 127.0.0.1:1}\n", &[]).is_err());
+        assert!(parse(
+            "listeners:\n  - {name: t, kind: transparent, address: 127.0.0.1:1}\n",
+            &[]
+        )
+        .is_err());
         assert!(parse("identity:\n  kubernetes:\n    enabled: true\n", &[]).is_err());
     }
 }

@@ -59,7 +59,10 @@ impl ConnTracker {
 
     fn enter<'a>(&'a self, metrics: &'a ListenerMetrics) -> Option<Active<'a>> {
         let prev = self.active.fetch_add(1, Ordering::AcqRel);
-        let guard = Active { tracker: self, metrics };
+        let guard = Active {
+            tracker: self,
+            metrics,
+        };
         metrics.active.inc();
         if prev >= self.max {
             drop(guard);
@@ -106,7 +109,11 @@ pub struct ConnectListener {
 }
 
 /// Accepts until `stop` turns true.
-pub async fn serve(listener: TcpListener, ctx: Arc<ConnectListener>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ConnectListener>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
@@ -140,7 +147,8 @@ async fn handle(ctx: Arc<ConnectListener>, mut client: TcpStream, peer: SocketAd
             audit.decision = Verdict::Deny.as_str();
             audit.reason = reject.reason.as_str();
             audit.details = Some(reject.details.clone());
-            gw.metrics.count_connection(&ctx.metrics, Verdict::Deny, reject.reason);
+            gw.metrics
+                .count_connection(&ctx.metrics, Verdict::Deny, reject.reason);
             refuse(&mut client, &reject).await;
         }
     }
@@ -177,7 +185,12 @@ async fn proxy(
     let gw = &*ctx.gateway;
     let limits = &gw.config.limits;
 
-    let head = http::read_head(client, Instant::now() + limits.header_read_timeout, limits.max_header_bytes).await?;
+    let head = http::read_head(
+        client,
+        Instant::now() + limits.header_read_timeout,
+        limits.max_header_bytes,
+    )
+    .await?;
     let request = http::parse_request(&head.buf[..head.len])?;
     let leftover = head.leftover().to_vec();
     drop(head);
@@ -201,9 +214,17 @@ async fn proxy(
     }
 
     let candidates = crate::upstream::resolve(&gw.dns, &dest, &gw.metrics).await?;
-    let addrs = crate::upstream::select_addresses(&gw.config.guard, policy, &identity, &decision, &dest, candidates)?;
+    let addrs = crate::upstream::select_addresses(
+        &gw.config.guard,
+        policy,
+        &identity,
+        &decision,
+        &dest,
+        candidates,
+    )?;
     drop(loaded);
-    let (mut upstream, dialed) = crate::upstream::dial(&gw.config.upstream, &addrs, dest.port, &gw.metrics).await?;
+    let (mut upstream, dialed) =
+        crate::upstream::dial(&gw.config.upstream, &addrs, dest.port, &gw.metrics).await?;
     audit.upstream = Some(dialed.to_string());
 
     let allowed = (decision.verdict, Reason::from(decision.reason));
@@ -237,12 +258,19 @@ async fn proxy(
             audit.close = Some(relayed.close.as_str());
         }
         ProxyRequest::Forward { head, body, .. } => {
-            let sent = forward_request(client, &mut upstream, &head, body, leftover, &ctx.metrics).await;
+            let sent =
+                forward_request(client, &mut upstream, &head, body, leftover, &ctx.metrics).await;
             match sent {
                 Ok(up) => {
                     audit.bytes_up = up;
-                    let (down, close) =
-                        relay::relay_down(client, &mut upstream, idle, &mut force_close, &ctx.metrics.bytes_down).await;
+                    let (down, close) = relay::relay_down(
+                        client,
+                        &mut upstream,
+                        idle,
+                        &mut force_close,
+                        &ctx.metrics.bytes_down,
+                    )
+                    .await;
                     audit.bytes_down = down;
                     audit.close = Some(close.as_str());
                 }
@@ -305,7 +333,9 @@ async fn forward_request(
     let mut buf = vec![0u8; 16 * 1024];
     match body {
         Body::Length(mut left) => loop {
-            let take = usize::try_from(left).unwrap_or(usize::MAX).min(pending.len());
+            let take = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(pending.len());
             upstream.write_all(&pending[..take]).await?;
             sent += take as u64;
             left -= take as u64;
@@ -314,7 +344,10 @@ async fn forward_request(
             }
             let n = client.read(&mut buf).await?;
             if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "request body cut short"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "request body cut short",
+                ));
             }
             pending = buf[..n].to_vec();
         },
@@ -332,7 +365,10 @@ async fn forward_request(
                 }
                 let n = client.read(&mut buf).await?;
                 if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "request body cut short"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "request body cut short",
+                    ));
                 }
                 pending = buf[..n].to_vec();
             }

@@ -8,9 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use egress_policy::{canonical_ip, HostName};
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
-};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
@@ -65,20 +63,16 @@ impl Dns {
             return Ok(dedup(ips.iter().copied()));
         }
         let fqdn = format!("{}.", name.as_str());
-        let lookup = self
-            .resolver
-            .lookup_ip(fqdn)
-            .await
-            .map_err(|e| {
-                if e.is_no_records_found() {
-                    DnsError::NoAddresses(name.to_string())
-                } else {
-                    DnsError::Failed {
-                        name: name.to_string(),
-                        message: e.to_string(),
-                    }
+        let lookup = self.resolver.lookup_ip(fqdn).await.map_err(|e| {
+            if e.is_no_records_found() {
+                DnsError::NoAddresses(name.to_string())
+            } else {
+                DnsError::Failed {
+                    name: name.to_string(),
+                    message: e.to_string(),
                 }
-            })?;
+            }
+        })?;
         let ips = dedup(lookup.iter());
         if ips.is_empty() {
             return Err(DnsError::NoAddresses(name.to_string()));

@@ -47,12 +47,19 @@ impl AddressGuard {
         let mut nets = Vec::new();
         for b in blocked {
             if b == "default" {
-                nets.extend(DEFAULT_BLOCKED.iter().map(|c| c.parse::<IpNet>().expect("constant CIDR is valid")));
+                nets.extend(
+                    DEFAULT_BLOCKED
+                        .iter()
+                        .map(|c| c.parse::<IpNet>().expect("constant CIDR is valid")),
+                );
             } else {
                 nets.push(parse_cidr(b)?);
             }
         }
-        let allowed = allowed.iter().map(|a| parse_cidr(a)).collect::<Result<_, _>>()?;
+        let allowed = allowed
+            .iter()
+            .map(|a| parse_cidr(a))
+            .collect::<Result<_, _>>()?;
         Ok(AddressGuard {
             blocked: nets,
             allowed,
@@ -148,7 +155,13 @@ mod tests {
     #[test]
     fn public_addresses_pass_including_transition_forms_of_public_ipv4() {
         let g = guard();
-        for ip in ["93.184.216.34", "2606:2800:220:1::1", "64:ff9b::5db8:d822", "2002:5db8:d822::1", "::ffff:93.184.216.34"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+            "::ffff:93.184.216.34",
+        ] {
             let addr: IpAddr = ip.parse().expect("test address");
             assert!(g.blocked_range(addr).is_none(), "{ip} must pass");
         }

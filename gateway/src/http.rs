@@ -31,7 +31,9 @@ pub enum ProxyRequest {
 impl ProxyRequest {
     pub fn destination(&self) -> &Destination {
         match self {
-            ProxyRequest::Connect { destination } | ProxyRequest::Forward { destination, .. } => destination,
+            ProxyRequest::Connect { destination } | ProxyRequest::Forward { destination, .. } => {
+                destination
+            }
         }
     }
 }
@@ -57,7 +59,11 @@ impl Head {
 
 /// Reads one request head. The whole head must arrive before `deadline` (a trickle of bytes does
 /// not extend it) and fit in `max_bytes`.
-pub async fn read_head(stream: &mut TcpStream, deadline: Instant, max_bytes: usize) -> Result<Head, Reject> {
+pub async fn read_head(
+    stream: &mut TcpStream,
+    deadline: Instant,
+    max_bytes: usize,
+) -> Result<Head, Reject> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024.min(max_bytes + 1));
     loop {
         if buf.len() > max_bytes {
@@ -80,7 +86,12 @@ pub async fn read_head(stream: &mut TcpStream, deadline: Instant, max_bytes: usi
                     "request head not complete within headerReadTimeout",
                 ))
             }
-            Ok(Err(e)) => return Err(Reject::new(Reason::BadRequest, format!("reading request: {e}"))),
+            Ok(Err(e)) => {
+                return Err(Reject::new(
+                    Reason::BadRequest,
+                    format!("reading request: {e}"),
+                ))
+            }
             Ok(Ok(n)) => n,
         };
         if n == 0 {
@@ -151,13 +162,20 @@ pub fn parse_request(head: &[u8]) -> Result<ProxyRequest, Reject> {
         return Ok(ProxyRequest::Connect { destination });
     }
 
-    let lower = target.get(..8).map(|p| p.to_ascii_lowercase()).unwrap_or_default();
+    let lower = target
+        .get(..8)
+        .map(|p| p.to_ascii_lowercase())
+        .unwrap_or_default();
     let rest = if lower.starts_with("http://") {
         &target[7..]
     } else if lower.starts_with("https://") {
-        return Err(bad("absolute-form https is not proxied: use CONNECT host:443"));
+        return Err(bad(
+            "absolute-form https is not proxied: use CONNECT host:443",
+        ));
     } else {
-        return Err(bad("not a proxy request: use CONNECT host:port or an absolute http:// URI"));
+        return Err(bad(
+            "not a proxy request: use CONNECT host:port or an absolute http:// URI",
+        ));
     };
     let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
@@ -216,7 +234,8 @@ impl<'a> Fields<'a> {
         };
         let mut saw_te = false;
         for h in headers {
-            let value = std::str::from_utf8(h.value).map_err(|_| bad(format!("non-UTF-8 value in {}", h.name)))?;
+            let value = std::str::from_utf8(h.value)
+                .map_err(|_| bad(format!("non-UTF-8 value in {}", h.name)))?;
             if h.name.eq_ignore_ascii_case("host") {
                 if f.host.is_some() {
                     return Err(bad("duplicate Host header"));
@@ -234,13 +253,19 @@ impl<'a> Fields<'a> {
                 f.content_length = Some(n);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 if saw_te || !value.trim().eq_ignore_ascii_case("chunked") {
-                    return Err(bad("unsupported Transfer-Encoding: only a single 'chunked' is accepted"));
+                    return Err(bad(
+                        "unsupported Transfer-Encoding: only a single 'chunked' is accepted",
+                    ));
                 }
                 saw_te = true;
                 f.chunked = true;
             } else if h.name.eq_ignore_ascii_case("connection") {
-                f.connection_tokens
-                    .extend(value.split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()));
+                f.connection_tokens.extend(
+                    value
+                        .split(',')
+                        .map(|t| t.trim().to_ascii_lowercase())
+                        .filter(|t| !t.is_empty()),
+                );
             }
         }
         if f.chunked && f.content_length.is_some() {
@@ -262,10 +287,9 @@ impl<'a> Fields<'a> {
             "upgrade",
         ];
         HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-            || self
-                .connection_tokens
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(name) && !t.eq_ignore_ascii_case("transfer-encoding"))
+            || self.connection_tokens.iter().any(|t| {
+                t.eq_ignore_ascii_case(name) && !t.eq_ignore_ascii_case("transfer-encoding")
+            })
     }
 }
 
@@ -282,7 +306,9 @@ pub fn parse_authority(s: &str, default_port: Option<u16>) -> Result<Destination
         return Err(bad("the request target must be host:port"));
     }
     let (host, port) = if s.starts_with('[') {
-        let close = s.find(']').ok_or_else(|| bad("unterminated IPv6 literal"))?;
+        let close = s
+            .find(']')
+            .ok_or_else(|| bad("unterminated IPv6 literal"))?;
         let (h, rest) = s.split_at(close + 1);
         match rest.strip_prefix(':') {
             Some(p) => (h, Some(p)),
@@ -347,7 +373,11 @@ const MAX_CHUNK_LINE: usize = 4096;
 impl Default for ChunkedScanner {
     fn default() -> Self {
         ChunkedScanner {
-            state: ChunkState::Size { value: 0, digits: 0, ext: false },
+            state: ChunkState::Size {
+                value: 0,
+                digits: 0,
+                ext: false,
+            },
             line_len: 0,
         }
     }
@@ -369,13 +399,21 @@ impl ChunkedScanner {
                     match b {
                         b'\r' if digits > 0 => ChunkState::SizeLf { value },
                         _ if ext => ChunkState::Size { value, digits, ext },
-                        b';' | b' ' | b'\t' if digits > 0 => ChunkState::Size { value, digits, ext: true },
+                        b';' | b' ' | b'\t' if digits > 0 => ChunkState::Size {
+                            value,
+                            digits,
+                            ext: true,
+                        },
                         _ => {
                             let d = (b as char).to_digit(16).ok_or("invalid chunk size")?;
                             if digits >= 15 {
                                 return Err("chunk size too large");
                             }
-                            ChunkState::Size { value: value * 16 + u64::from(d), digits: digits + 1, ext }
+                            ChunkState::Size {
+                                value: value * 16 + u64::from(d),
+                                digits: digits + 1,
+                                ext,
+                            }
                         }
                     }
                 }
@@ -391,10 +429,16 @@ impl ChunkedScanner {
                     }
                 }
                 ChunkState::Data { left } => {
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(data.len() - i);
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len() - i);
                     i += take;
                     let left = left - take as u64;
-                    self.state = if left == 0 { ChunkState::DataCr } else { ChunkState::Data { left } };
+                    self.state = if left == 0 {
+                        ChunkState::DataCr
+                    } else {
+                        ChunkState::Data { left }
+                    };
                     continue;
                 }
                 ChunkState::DataCr => {
@@ -407,7 +451,11 @@ impl ChunkedScanner {
                     if b != b'\n' {
                         return Err("expected CRLF after chunk data");
                     }
-                    ChunkState::Size { value: 0, digits: 0, ext: false }
+                    ChunkState::Size {
+                        value: 0,
+                        digits: 0,
+                        ext: false,
+                    }
                 }
                 ChunkState::Trailer { empty_line } => {
                     self.line_len += 1;
@@ -435,7 +483,11 @@ impl ChunkedScanner {
             };
             i += 1;
         }
-        Ok(if self.state == ChunkState::Done { Some(0) } else { None })
+        Ok(if self.state == ChunkState::Done {
+            Some(0)
+        } else {
+            None
+        })
     }
 }
 
@@ -455,10 +507,30 @@ mod tests {
 
     #[test]
     fn connect_needs_an_authority_with_a_port() {
-        for t in ["example.com", "/", "http://example.com:80", "example.com:", "example.com:0", "example.com:65536", "example.com:+80", "user@example.com:443", "[fe80::1%25eth0]:443", "::1:443", "2130706433:443", "0x7f.1:443", "127.1:443"] {
-            assert_eq!(reason_of(&format!("CONNECT {t} HTTP/1.1\r\n\r\n")), Reason::BadRequest, "{t}");
+        for t in [
+            "example.com",
+            "/",
+            "http://example.com:80",
+            "example.com:",
+            "example.com:0",
+            "example.com:65536",
+            "example.com:+80",
+            "user@example.com:443",
+            "[fe80::1%25eth0]:443",
+            "::1:443",
+            "2130706433:443",
+            "0x7f.1:443",
+            "127.1:443",
+        ] {
+            assert_eq!(
+                reason_of(&format!("CONNECT {t} HTTP/1.1\r\n\r\n")),
+                Reason::BadRequest,
+                "{t}"
+            );
         }
-        let ok = parse_request(b"CONNECT Example.COM.:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").expect("valid");
+        let ok =
+            parse_request(b"CONNECT Example.COM.:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+                .expect("valid");
         assert_eq!(ok.destination().to_string(), "example.com:443");
         let v6 = parse_request(b"CONNECT [::1]:8443 HTTP/1.1\r\n\r\n").expect("valid");
         assert_eq!(v6.destination().to_string(), "[::1]:8443");
@@ -466,9 +538,18 @@ mod tests {
 
     #[test]
     fn host_header_must_agree_and_appear_once() {
-        assert_eq!(reason_of("CONNECT a.com:443 HTTP/1.1\r\nHost: b.com:443\r\n\r\n"), Reason::BadRequest);
-        assert_eq!(reason_of("CONNECT a.com:443 HTTP/1.1\r\nHost: a.com:443\r\nHost: a.com:443\r\n\r\n"), Reason::BadRequest);
-        assert_eq!(reason_of("CONNECT a.com:443 HTTP/1.1\r\n: empty\r\n\r\n"), Reason::BadRequest);
+        assert_eq!(
+            reason_of("CONNECT a.com:443 HTTP/1.1\r\nHost: b.com:443\r\n\r\n"),
+            Reason::BadRequest
+        );
+        assert_eq!(
+            reason_of("CONNECT a.com:443 HTTP/1.1\r\nHost: a.com:443\r\nHost: a.com:443\r\n\r\n"),
+            Reason::BadRequest
+        );
+        assert_eq!(
+            reason_of("CONNECT a.com:443 HTTP/1.1\r\n: empty\r\n\r\n"),
+            Reason::BadRequest
+        );
     }
 
     #[test]
@@ -477,7 +558,12 @@ mod tests {
             b"POST http://Example.com:8080/a?b HTTP/1.1\r\nHost: evil.com\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: x\r\nConnection: X-Secret\r\nX-Secret: 1\r\nContent-Length: 3\r\n\r\n",
         )
         .expect("valid");
-        let ProxyRequest::Forward { destination, head, body } = r else {
+        let ProxyRequest::Forward {
+            destination,
+            head,
+            body,
+        } = r
+        else {
             panic!("expected a forward");
         };
         assert_eq!(destination.to_string(), "example.com:8080");
@@ -492,11 +578,28 @@ mod tests {
     #[test]
     fn smuggling_shapes_are_refused() {
         assert_eq!(reason_of("POST http://a.com/ HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), Reason::BadRequest);
-        assert_eq!(reason_of("POST http://a.com/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), Reason::BadRequest);
-        assert_eq!(reason_of("POST http://a.com/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Reason::BadRequest);
-        assert_eq!(reason_of("GET / HTTP/1.1\r\nHost: a.com\r\n\r\n"), Reason::BadRequest);
-        assert_eq!(reason_of("GET https://a.com/ HTTP/1.1\r\n\r\n"), Reason::BadRequest);
-        assert_eq!(reason_of("CONNECT a.com:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Reason::BadRequest);
+        assert_eq!(
+            reason_of(
+                "POST http://a.com/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+            ),
+            Reason::BadRequest
+        );
+        assert_eq!(
+            reason_of("POST http://a.com/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Reason::BadRequest
+        );
+        assert_eq!(
+            reason_of("GET / HTTP/1.1\r\nHost: a.com\r\n\r\n"),
+            Reason::BadRequest
+        );
+        assert_eq!(
+            reason_of("GET https://a.com/ HTTP/1.1\r\n\r\n"),
+            Reason::BadRequest
+        );
+        assert_eq!(
+            reason_of("CONNECT a.com:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            Reason::BadRequest
+        );
     }
 
     #[test]

@@ -35,7 +35,11 @@ use crate::config::{GatewayConfig, LogFormat};
 const EXIT_INVALID: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "egress-gateway", about = "Sidecar-free egress gateway for Kubernetes", disable_version_flag = true)]
+#[command(
+    name = "egress-gateway",
+    about = "Sidecar-free egress gateway for Kubernetes",
+    disable_version_flag = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -132,12 +136,14 @@ fn main() -> ExitCode {
         },
         Command::Policy(PolicyCommand::Check(args)) => check(args),
         Command::Config(ConfigCommand::Validate { file }) => {
-            match GatewayConfig::load(&file).map_err(anyhow::Error::from).and_then(|c| {
-                if let Some(p) = &c.policy_path {
-                    load_policy(p)?;
-                }
-                Ok(c)
-            }) {
+            match GatewayConfig::load(&file)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| {
+                    if let Some(p) = &c.policy_path {
+                        load_policy(p)?;
+                    }
+                    Ok(c)
+                }) {
                 Ok(_) => {
                     println!("{}: valid", file.display());
                     ExitCode::SUCCESS
@@ -161,7 +167,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("egress-gateway: cannot start the runtime: {e}");
@@ -181,7 +190,8 @@ fn main() -> ExitCode {
 }
 
 fn load_policy(path: &Path) -> anyhow::Result<Policy> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Policy::from_yaml(&text, &path.display().to_string())?)
 }
 
@@ -214,7 +224,11 @@ fn check(args: CheckArgs) -> ExitCode {
     } else if let Some(ns) = &args.namespace {
         let sa = args.service_account.as_deref().unwrap_or("default");
         let spiffe = format!("spiffe://{}/ns/{ns}/sa/{sa}", args.trust_domain);
-        let mut id = Identity::from_spiffe(via.unwrap_or(IdentitySource::Kubernetes), &spiffe, args.source);
+        let mut id = Identity::from_spiffe(
+            via.unwrap_or(IdentitySource::Kubernetes),
+            &spiffe,
+            args.source,
+        );
         id.labels = args.label.iter().cloned().collect();
         id
     } else {
@@ -257,7 +271,9 @@ fn init_logging(cfg: &GatewayConfig) {
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(&cfg.log_level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.with_ansi(false).init(),
@@ -267,8 +283,12 @@ fn init_logging(cfg: &GatewayConfig) {
 async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new());
     let policy = policy_store::PolicyStore::open(cfg.policy_path.clone(), Arc::clone(&metrics))?;
-    let dns = dns::Dns::new(&cfg.nameservers, cfg.hosts.clone(), cfg.upstream.connect_timeout)
-        .context("setting up DNS")?;
+    let dns = dns::Dns::new(
+        &cfg.nameservers,
+        cfg.hosts.clone(),
+        cfg.upstream.connect_timeout,
+    )
+    .context("setting up DNS")?;
 
     // Bind everything before reporting ready: a port conflict is a start-up error.
     let mut bound = Vec::new();
@@ -333,8 +353,14 @@ async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let active = gateway.conns.active();
     tracing::info!(active, drain_timeout = ?drain_timeout, "shutting down: not ready, not accepting, draining");
-    if tokio::time::timeout(drain_timeout, gateway.conns.wait_idle()).await.is_err() {
-        tracing::warn!(active = gateway.conns.active(), "drain period over: closing live connections");
+    if tokio::time::timeout(drain_timeout, gateway.conns.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            active = gateway.conns.active(),
+            "drain period over: closing live connections"
+        );
         let _ = force_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), gateway.conns.wait_idle()).await;
     }

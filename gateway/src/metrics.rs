@@ -84,7 +84,11 @@ impl Metrics {
             connections.clone(),
         );
         let active = Family::<ListenerLabels, Gauge>::default();
-        registry.register("egress_active_connections", "Connections open now", active.clone());
+        registry.register(
+            "egress_active_connections",
+            "Connections open now",
+            active.clone(),
+        );
         let bytes = Family::<BytesLabels, Counter>::default();
         registry.register(
             "egress_bytes",
@@ -104,7 +108,11 @@ impl Metrics {
             dns_resolve_seconds.clone(),
         );
         let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("egress_policy_reloads", "Policy reloads by result", reloads.clone());
+        registry.register(
+            "egress_policy_reloads",
+            "Policy reloads by result",
+            reloads.clone(),
+        );
         let rule_hits = Family::<RuleLabels, Counter>::default();
         registry.register(
             "egress_policy_rule_hits",
@@ -112,7 +120,11 @@ impl Metrics {
             rule_hits.clone(),
         );
         let policy_rules = Gauge::default();
-        registry.register("egress_policy_rules", "Rules in the loaded policy", policy_rules.clone());
+        registry.register(
+            "egress_policy_rules",
+            "Rules in the loaded policy",
+            policy_rules.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -137,7 +149,9 @@ impl Metrics {
         };
         ListenerMetrics {
             name: name.to_owned(),
-            outcomes: (0..VERDICTS.len() * Reason::ALL.len()).map(|_| OnceLock::new()).collect(),
+            outcomes: (0..VERDICTS.len() * Reason::ALL.len())
+                .map(|_| OnceLock::new())
+                .collect(),
             active: self
                 .active
                 .get_or_create(&ListenerLabels {

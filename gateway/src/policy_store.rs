@@ -58,7 +58,10 @@ pub enum LoadError {
 }
 
 fn sha256_hex(text: &[u8]) -> String {
-    Sha256::digest(text).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(text)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn read_and_compile(path: &Path) -> Result<LoadedPolicy, LoadError> {
@@ -133,11 +136,19 @@ impl PolicyStore {
             }
             Ok(Some(loaded)) => {
                 let old = self.current.load_full();
-                self.metrics.policy_rules.set(loaded.policy.rules().len() as i64);
+                self.metrics
+                    .policy_rules
+                    .set(loaded.policy.rules().len() as i64);
                 // Drop the hit counters of rules that no longer exist: label values stay bounded.
                 for r in old.policy.rules() {
                     if !loaded.policy.rules().iter().any(|n| n.name == r.name) {
-                        for decision in ["allow", "deny", "audit_allow", "shadow_allow", "shadow_deny"] {
+                        for decision in [
+                            "allow",
+                            "deny",
+                            "audit_allow",
+                            "shadow_allow",
+                            "shadow_deny",
+                        ] {
                             self.metrics.rule_hits.remove(&RuleLabels {
                                 rule: r.name.to_string(),
                                 decision,
@@ -172,7 +183,11 @@ impl PolicyStore {
 
     pub fn status(&self) -> PolicyStatus {
         let cur = self.current.load();
-        let last_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         PolicyStatus {
             path: self.path.as_ref().map(|p| p.display().to_string()),
             sha256: cur.sha256.clone(),

@@ -61,7 +61,9 @@ impl Reason {
         match self {
             Reason::AllowedByRule | Reason::DefaultAllow => (200, "Connection Established"),
             Reason::BadRequest => (400, "Bad Request"),
-            Reason::DeniedByRule | Reason::NoMatchingRule | Reason::BlockedAddress => (403, "Forbidden"),
+            Reason::DeniedByRule | Reason::NoMatchingRule | Reason::BlockedAddress => {
+                (403, "Forbidden")
+            }
             Reason::UnknownIdentity => (407, "Proxy Authentication Required"),
             Reason::HeaderTimeout => (408, "Request Timeout"),
             Reason::HeaderTooLarge => (431, "Request Header Fields Too Large"),

@@ -18,15 +18,23 @@ use crate::metrics::Metrics;
 use crate::reason::{Reason, Reject};
 
 /// The candidate addresses of a destination: the literal itself, or what DNS says.
-pub async fn resolve(dns: &Dns, dest: &Destination, metrics: &Metrics) -> Result<Vec<IpAddr>, Reject> {
+pub async fn resolve(
+    dns: &Dns,
+    dest: &Destination,
+    metrics: &Metrics,
+) -> Result<Vec<IpAddr>, Reject> {
     match &dest.host {
         Host::Ip(ip) => Ok(vec![*ip]),
         Host::Name(name) => {
             let started = Instant::now();
             let result = dns.resolve(name).await;
-            metrics.dns_resolve_seconds.observe(started.elapsed().as_secs_f64());
+            metrics
+                .dns_resolve_seconds
+                .observe(started.elapsed().as_secs_f64());
             result.map_err(|e| match e {
-                DnsError::NoAddresses(_) | DnsError::Failed { .. } => Reject::new(Reason::DnsFailure, e.to_string()),
+                DnsError::NoAddresses(_) | DnsError::Failed { .. } => {
+                    Reject::new(Reason::DnsFailure, e.to_string())
+                }
             })
         }
     }
@@ -49,13 +57,22 @@ pub fn select_addresses(
     for ip in candidates {
         let by_address = match dest.host {
             Host::Ip(_) => decision.clone(),
-            Host::Name(_) => policy.decide(identity, &Destination { host: Host::Ip(ip), port: dest.port }),
+            Host::Name(_) => policy.decide(
+                identity,
+                &Destination {
+                    host: Host::Ip(ip),
+                    port: dest.port,
+                },
+            ),
         };
         if by_address.denied_by_rule() && policy.mode == Mode::Enforce {
             refused.get_or_insert_with(|| {
                 Reject::new(
                     Reason::DeniedByRule,
-                    format!("{ip} is denied by rule {}", by_address.rule.as_deref().unwrap_or("?")),
+                    format!(
+                        "{ip} is denied by rule {}",
+                        by_address.rule.as_deref().unwrap_or("?")
+                    ),
                 )
             });
             continue;
@@ -65,9 +82,15 @@ pub fn select_addresses(
                 || decision.allow_private_addresses
                 || by_address.allowed_by_rule();
             if !excepted {
-                let r = Reject::new(Reason::BlockedAddress, format!("{ip} is in blocked range {range}"));
+                let r = Reject::new(
+                    Reason::BlockedAddress,
+                    format!("{ip} is in blocked range {range}"),
+                );
                 // A guard refusal explains more than a rule refusal when both happened.
-                if refused.as_ref().is_none_or(|x| x.reason != Reason::BlockedAddress) {
+                if refused
+                    .as_ref()
+                    .is_none_or(|x| x.reason != Reason::BlockedAddress)
+                {
                     refused = Some(r);
                 }
                 continue;
@@ -102,11 +125,18 @@ pub async fn dial(
         };
         match tokio::time::timeout_at(deadline, socket.connect(target)).await {
             Ok(Ok(stream)) => {
-                metrics.upstream_connect_seconds.observe(started.elapsed().as_secs_f64());
+                metrics
+                    .upstream_connect_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, target));
             }
-            Ok(Err(e)) => last = Some(Reject::new(Reason::UpstreamRefused, format!("{target}: {e}"))),
+            Ok(Err(e)) => {
+                last = Some(Reject::new(
+                    Reason::UpstreamRefused,
+                    format!("{target}: {e}"),
+                ))
+            }
             Err(_) => {
                 return Err(Reject::new(
                     Reason::UpstreamTimeout,
@@ -119,9 +149,15 @@ pub async fn dial(
 }
 
 fn open_socket(cfg: &UpstreamConfig, ip: IpAddr) -> Result<TcpSocket, Reject> {
-    let fail = |what: &str, e: std::io::Error| Reject::new(Reason::UpstreamRefused, format!("{what}: {e}"));
-    let socket = if ip.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-        .map_err(|e| fail("socket", e))?;
+    let fail = |what: &str, e: std::io::Error| {
+        Reject::new(Reason::UpstreamRefused, format!("{what}: {e}"))
+    };
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| fail("socket", e))?;
     if let Some(bind) = cfg.bind_address {
         if bind.is_ipv4() != ip.is_ipv4() {
             return Err(Reject::new(
@@ -129,7 +165,9 @@ fn open_socket(cfg: &UpstreamConfig, ip: IpAddr) -> Result<TcpSocket, Reject> {
                 format!("{ip}: bindAddress {bind} is of the other address family"),
             ));
         }
-        socket.bind(SocketAddr::new(bind, 0)).map_err(|e| fail("bind", e))?;
+        socket
+            .bind(SocketAddr::new(bind, 0))
+            .map_err(|e| fail("bind", e))?;
     }
     Ok(socket)
 }

@@ -198,7 +198,9 @@ impl HostPattern {
             HostPattern::Exact(n) => n == name,
             HostPattern::Subdomains(suffix) => {
                 let (n, s) = (name.as_str(), suffix.as_str());
-                n.len() > s.len() + 1 && n.ends_with(s) && n.as_bytes()[n.len() - s.len() - 1] == b'.'
+                n.len() > s.len() + 1
+                    && n.ends_with(s)
+                    && n.as_bytes()[n.len() - s.len() - 1] == b'.'
             }
         }
     }
@@ -236,32 +238,63 @@ mod tests {
 
     #[test]
     fn numeric_spellings_are_never_names() {
-        for s in ["2130706433", "0x7f.1", "127.1", "0177.0.0.1", "0x7f000001", "1.2.3.04", "127.0.0.1.", "10.1"] {
+        for s in [
+            "2130706433",
+            "0x7f.1",
+            "127.1",
+            "0177.0.0.1",
+            "0x7f000001",
+            "1.2.3.04",
+            "127.0.0.1.",
+            "10.1",
+        ] {
             assert!(
                 matches!(parse_host(s), Err(HostError::NonCanonicalNumeric(_))),
                 "{s} must be refused as a numeric spelling, got {:?}",
                 parse_host(s)
             );
         }
-        assert_eq!(parse_host("127.0.0.1"), Ok(Host::Ip("127.0.0.1".parse().expect("literal"))));
+        assert_eq!(
+            parse_host("127.0.0.1"),
+            Ok(Host::Ip("127.0.0.1".parse().expect("literal")))
+        );
         assert!(matches!(parse_host("123.example.com"), Ok(Host::Name(_))));
     }
 
     #[test]
     fn ipv6_literals_are_bracketed_canonical_and_zone_free() {
-        assert_eq!(parse_host("[::1]"), Ok(Host::Ip("::1".parse().expect("literal"))));
+        assert_eq!(
+            parse_host("[::1]"),
+            Ok(Host::Ip("::1".parse().expect("literal")))
+        );
         assert_eq!(
             parse_host("[::ffff:127.0.0.1]"),
             Ok(Host::Ip("127.0.0.1".parse().expect("literal")))
         );
-        assert!(matches!(parse_host("[fe80::1%25eth0]"), Err(HostError::ZoneId(_))));
-        assert!(matches!(parse_host("[fe80::1%eth0]"), Err(HostError::ZoneId(_))));
+        assert!(matches!(
+            parse_host("[fe80::1%25eth0]"),
+            Err(HostError::ZoneId(_))
+        ));
+        assert!(matches!(
+            parse_host("[fe80::1%eth0]"),
+            Err(HostError::ZoneId(_))
+        ));
         assert!(parse_host("[::1").is_err());
     }
 
     #[test]
     fn bad_characters_are_refused() {
-        for s in ["a b.com", "a\0.com", "a\r\n.com", "a..com", ".com", "-a.com", "a/b.com", "a%2e.com", "a@b.com"] {
+        for s in [
+            "a b.com",
+            "a\0.com",
+            "a\r\n.com",
+            "a..com",
+            ".com",
+            "-a.com",
+            "a/b.com",
+            "a%2e.com",
+            "a@b.com",
+        ] {
             assert!(parse_host(s).is_err(), "{s:?} must be refused");
         }
     }
@@ -278,7 +311,16 @@ mod tests {
 
     #[test]
     fn misplaced_wildcards_and_ip_hosts_are_refused() {
-        for s in ["*", "*foo.com", "foo.*.com", "*.*.com", "foo.com*", "127.0.0.1", "2130706433", "[::1]"] {
+        for s in [
+            "*",
+            "*foo.com",
+            "foo.*.com",
+            "*.*.com",
+            "foo.com*",
+            "127.0.0.1",
+            "2130706433",
+            "[::1]",
+        ] {
             assert!(HostPattern::parse(s).is_err(), "{s:?} must be refused");
         }
     }

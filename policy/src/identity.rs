@@ -114,17 +114,17 @@ pub struct SpiffePattern {
 
 impl SpiffePattern {
     pub fn parse(input: &str) -> Result<Self, String> {
-        let rest = input
-            .strip_prefix("spiffe://")
-            .ok_or_else(|| format!("{input:?} is not a SPIFFE ID: it must start with 'spiffe://'"))?;
+        let rest = input.strip_prefix("spiffe://").ok_or_else(|| {
+            format!("{input:?} is not a SPIFFE ID: it must start with 'spiffe://'")
+        })?;
         let (td, path) = match rest.split_once('/') {
             Some((td, path)) => (td, Some(path)),
             None => (rest, None),
         };
         if td.is_empty()
-            || !td
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+            || !td.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
         {
             return Err(format!(
                 "invalid trust domain {td:?} in {input:?}: use lower-case letters, digits, '.', '_' and '-'"
@@ -160,7 +160,10 @@ impl SpiffePattern {
 
     /// The exact ID this pattern matches, when it has no `*`.
     pub fn exact(&self) -> Option<&str> {
-        self.segments.iter().all(Option::is_some).then_some(self.text.as_str())
+        self.segments
+            .iter()
+            .all(Option::is_some)
+            .then_some(self.text.as_str())
     }
 
     pub fn matches(&self, id: &str) -> bool {
@@ -202,7 +205,11 @@ mod tests {
 
     #[test]
     fn spiffe_ids_of_the_ns_sa_form_give_namespace_and_service_account() {
-        let id = Identity::from_spiffe(IdentitySource::Mtls, "spiffe://td/ns/payments/sa/checkout", None);
+        let id = Identity::from_spiffe(
+            IdentitySource::Mtls,
+            "spiffe://td/ns/payments/sa/checkout",
+            None,
+        );
         assert_eq!(id.namespace.as_deref(), Some("payments"));
         assert_eq!(id.service_account.as_deref(), Some("checkout"));
         let other = Identity::from_spiffe(IdentitySource::Mtls, "spiffe://td/vm/batch", None);
@@ -223,7 +230,16 @@ mod tests {
 
     #[test]
     fn malformed_patterns_are_refused() {
-        for s in ["spiffe://TD/x", "SPIFFE://td/x", "spiffe://td/a//b", "spiffe://td/a/../b", "spiffe://td/a*", "spiffe://td/%2f", "spiffe:///x", "http://td/x"] {
+        for s in [
+            "spiffe://TD/x",
+            "SPIFFE://td/x",
+            "spiffe://td/a//b",
+            "spiffe://td/a/../b",
+            "spiffe://td/a*",
+            "spiffe://td/%2f",
+            "spiffe:///x",
+            "http://td/x",
+        ] {
             assert!(SpiffePattern::parse(s).is_err(), "{s:?} must be refused");
         }
     }

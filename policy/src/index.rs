@@ -152,9 +152,15 @@ impl Index {
 
     fn add_caller(&mut self, from: &CallerSelector, rule: u32) {
         if let Some(exact) = from.spiffe.as_ref().and_then(|p| p.exact()) {
-            self.caller_spiffe.entry(exact.into()).or_default().push(rule);
+            self.caller_spiffe
+                .entry(exact.into())
+                .or_default()
+                .push(rule);
         } else if let Some(Some(ns)) = &from.namespace {
-            self.caller_namespace.entry(ns.as_str().into()).or_default().push(rule);
+            self.caller_namespace
+                .entry(ns.as_str().into())
+                .or_default()
+                .push(rule);
         } else if let Some(net) = from.cidr {
             self.caller_cidr.insert(net, rule);
         } else {
@@ -190,7 +196,11 @@ impl Index {
             if let Some(p) = id.spiffe.as_deref().and_then(|s| self.caller_spiffe.get(s)) {
                 by_caller.push(p);
             }
-            if let Some(p) = id.namespace.as_deref().and_then(|s| self.caller_namespace.get(s)) {
+            if let Some(p) = id
+                .namespace
+                .as_deref()
+                .and_then(|s| self.caller_namespace.get(s))
+            {
                 by_caller.push(p);
             }
             by_caller.push(&self.caller_any);
@@ -200,7 +210,11 @@ impl Index {
         }
         let caller_count: usize = by_caller.iter().map(|p| p.len()).sum();
 
-        let smaller = if caller_count < dest_count { by_caller } else { by_dest };
+        let smaller = if caller_count < dest_count {
+            by_caller
+        } else {
+            by_dest
+        };
         let mut out: Vec<usize> = smaller
             .iter()
             .flat_map(|p| p.iter().map(|&i| i as usize))

@@ -358,7 +358,10 @@ impl Policy {
         if raw.version.value != 1 {
             errors.push(located(
                 &raw.version.referenced,
-                format!("unsupported policy version {}: expected 1", raw.version.value),
+                format!(
+                    "unsupported policy version {}: expected 1",
+                    raw.version.value
+                ),
             ));
         }
         let mut names = HashSet::new();
@@ -374,10 +377,16 @@ impl Policy {
                 ));
             }
             if r.from.value.is_empty() {
-                errors.push(located(&r.from.referenced, format!("rule {name:?}: 'from' must not be empty")));
+                errors.push(located(
+                    &r.from.referenced,
+                    format!("rule {name:?}: 'from' must not be empty"),
+                ));
             }
             if r.to.value.is_empty() {
-                errors.push(located(&r.to.referenced, format!("rule {name:?}: 'to' must not be empty")));
+                errors.push(located(
+                    &r.to.referenced,
+                    format!("rule {name:?}: 'to' must not be empty"),
+                ));
             }
             let from = r
                 .from
@@ -385,12 +394,11 @@ impl Policy {
                 .into_iter()
                 .filter_map(|f| caller_selector(f, &mut errors))
                 .collect();
-            let to = r
-                .to
-                .value
-                .into_iter()
-                .filter_map(|t| destination_selector(t, &mut errors))
-                .collect();
+            let to =
+                r.to.value
+                    .into_iter()
+                    .filter_map(|t| destination_selector(t, &mut errors))
+                    .collect();
             rules.push(Rule {
                 name: Arc::from(name),
                 action: r.action,
@@ -545,12 +553,18 @@ fn destination_selector(
             Target::Cidr(c.0)
         }
         _ => {
-            errors.push(located(&loc, "a 'to' entry needs exactly one of host or cidr"));
+            errors.push(located(
+                &loc,
+                "a 'to' entry needs exactly one of host or cidr",
+            ));
             return None;
         }
     };
     let Some(ports) = t.ports else {
-        errors.push(located(&loc, "a 'to' entry needs 'ports' (a list, or \"*\")"));
+        errors.push(located(
+            &loc,
+            "a 'to' entry needs 'ports' (a list, or \"*\")",
+        ));
         return None;
     };
     Some(DestinationSelector {

@@ -91,9 +91,9 @@ pub(crate) struct ViaField(pub IdentitySource);
 impl TryFrom<String> for ViaField {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        IdentitySource::parse(&s)
-            .map(ViaField)
-            .ok_or_else(|| format!("unknown identity source {s:?}: expected mtls, kubernetes or static"))
+        IdentitySource::parse(&s).map(ViaField).ok_or_else(|| {
+            format!("unknown identity source {s:?}: expected mtls, kubernetes or static")
+        })
     }
 }
 
@@ -113,12 +113,13 @@ impl TryFrom<String> for CidrField {
 /// Parses a CIDR for a policy or the gateway config (see [`CidrField`]).
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let net = if s.contains('/') {
-        s.parse::<IpNet>()
-            .map_err(|_| format!("invalid CIDR {s:?}: expected ADDRESS/PREFIX such as 10.0.0.0/8"))?
+        s.parse::<IpNet>().map_err(|_| {
+            format!("invalid CIDR {s:?}: expected ADDRESS/PREFIX such as 10.0.0.0/8")
+        })?
     } else {
-        let ip = s
-            .parse::<std::net::IpAddr>()
-            .map_err(|_| format!("invalid CIDR {s:?}: expected ADDRESS/PREFIX such as 10.0.0.0/8"))?;
+        let ip = s.parse::<std::net::IpAddr>().map_err(|_| {
+            format!("invalid CIDR {s:?}: expected ADDRESS/PREFIX such as 10.0.0.0/8")
+        })?;
         IpNet::from(ip)
     };
     if net.trunc() != net {

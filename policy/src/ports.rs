@@ -33,9 +33,14 @@ fn parse_port_item(s: &str) -> Result<(u16, u16), String> {
     let num = |t: &str| -> Result<u16, String> {
         let t = t.trim();
         if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("invalid port {s:?}: use a number, \"lo-hi\" or \"*\""));
+            return Err(format!(
+                "invalid port {s:?}: use a number, \"lo-hi\" or \"*\""
+            ));
         }
-        port_number(t.parse::<u64>().map_err(|_| format!("port {t} is out of range 1-65535"))?)
+        port_number(
+            t.parse::<u64>()
+                .map_err(|_| format!("port {t} is out of range 1-65535"))?,
+        )
     };
     match s.split_once('-') {
         Some((lo, hi)) => {
@@ -105,7 +110,9 @@ impl<'de> Deserialize<'de> for PortItem {
                 f.write_str("a port number, a \"lo-hi\" range or \"*\"")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortItem, E> {
-                port_number(v).map(|p| PortItem::Range(p, p)).map_err(E::custom)
+                port_number(v)
+                    .map(|p| PortItem::Range(p, p))
+                    .map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortItem, E> {
                 match u64::try_from(v) {
@@ -117,7 +124,9 @@ impl<'de> Deserialize<'de> for PortItem {
                 if v == "*" {
                     return Ok(PortItem::Any);
                 }
-                parse_port_item(v).map(|(lo, hi)| PortItem::Range(lo, hi)).map_err(E::custom)
+                parse_port_item(v)
+                    .map(|(lo, hi)| PortItem::Range(lo, hi))
+                    .map_err(E::custom)
             }
         }
         d.deserialize_any(ItemVisitor)

@@ -11,7 +11,14 @@ use egress_policy::{
 };
 use proptest::prelude::*;
 
-const NAMES: &[&str] = &["a.com", "b.a.com", "x.b.a.com", "c.org", "a.com.evil.net", "ba.com"];
+const NAMES: &[&str] = &[
+    "a.com",
+    "b.a.com",
+    "x.b.a.com",
+    "c.org",
+    "a.com.evil.net",
+    "ba.com",
+];
 const SPIFFE: &[&str] = &[
     "spiffe://td/ns/n1/sa/s1",
     "spiffe://td/ns/n1/sa/s2",
@@ -19,9 +26,30 @@ const SPIFFE: &[&str] = &[
     "spiffe://td/vm/batch",
     "spiffe://other/ns/n1/sa/s1",
 ];
-const SPIFFE_PATTERNS: &[&str] = &["spiffe://td/ns/*/sa/s1", "spiffe://td/ns/n1/sa/*", "spiffe://td/*/batch"];
-const CIDRS: &[&str] = &["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "0.0.0.0/0", "fd00::/8", "fd00:1::/32", "::/0"];
-const ADDRS: &[&str] = &["10.1.2.3", "10.1.9.9", "10.200.0.1", "192.0.2.1", "fd00:1::5", "fd99::1", "::ffff:10.1.2.3"];
+const SPIFFE_PATTERNS: &[&str] = &[
+    "spiffe://td/ns/*/sa/s1",
+    "spiffe://td/ns/n1/sa/*",
+    "spiffe://td/*/batch",
+];
+const CIDRS: &[&str] = &[
+    "10.0.0.0/8",
+    "10.1.0.0/16",
+    "10.1.2.0/24",
+    "10.1.2.3/32",
+    "0.0.0.0/0",
+    "fd00::/8",
+    "fd00:1::/32",
+    "::/0",
+];
+const ADDRS: &[&str] = &[
+    "10.1.2.3",
+    "10.1.9.9",
+    "10.200.0.1",
+    "192.0.2.1",
+    "fd00:1::5",
+    "fd99::1",
+    "::ffff:10.1.2.3",
+];
 const NAMESPACES: &[&str] = &["n1", "n2"];
 const PORTS: &[u16] = &[80, 443, 8080];
 
@@ -90,7 +118,13 @@ fn rule(i: usize) -> impl Strategy<Value = Rule> {
         prop::collection::vec(caller(), 1..3),
         prop::collection::vec(destination(), 1..3),
     )
-        .prop_map(move |(action, mode, from, to)| Rule { name: Arc::from(format!("r{i}")), action, mode, from, to })
+        .prop_map(move |(action, mode, from, to)| Rule {
+            name: Arc::from(format!("r{i}")),
+            action,
+            mode,
+            from,
+            to,
+        })
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
@@ -109,7 +143,12 @@ fn policy() -> impl Strategy<Value = Policy> {
 fn identity() -> impl Strategy<Value = Identity> {
     let addr = prop_oneof![1 => Just(None), 4 => pick(ADDRS).prop_map(|a| Some(a.parse::<IpAddr>().expect("valid")))];
     (
-        prop_oneof![Just(IdentitySource::Mtls), Just(IdentitySource::Kubernetes), Just(IdentitySource::Static), Just(IdentitySource::None)],
+        prop_oneof![
+            Just(IdentitySource::Mtls),
+            Just(IdentitySource::Kubernetes),
+            Just(IdentitySource::Static),
+            Just(IdentitySource::None)
+        ],
         pick(SPIFFE),
         addr,
         any::<bool>(),
@@ -127,11 +166,10 @@ fn identity() -> impl Strategy<Value = Identity> {
 }
 
 fn query_destination() -> impl Strategy<Value = Destination> {
-    (
-        prop_oneof![pick(NAMES), pick(ADDRS)],
-        pick(PORTS),
-    )
-        .prop_map(|(h, port)| Destination { host: parse_host(h).expect("valid"), port })
+    (prop_oneof![pick(NAMES), pick(ADDRS)], pick(PORTS)).prop_map(|(h, port)| Destination {
+        host: parse_host(h).expect("valid"),
+        port,
+    })
 }
 
 proptest! {

@@ -13,10 +13,15 @@ fn assert_refused_at(yaml: &str, line: u64, needle: &str) {
     let e = errors(yaml);
     let text = e.to_string();
     assert!(
-        e.errors.iter().any(|x| x.line == line && x.message.contains(needle)),
+        e.errors
+            .iter()
+            .any(|x| x.line == line && x.message.contains(needle)),
         "expected an error on line {line} containing {needle:?}, got:\n{text}"
     );
-    assert!(text.starts_with("policy.yaml:"), "errors name the file: {text}");
+    assert!(
+        text.starts_with("policy.yaml:"),
+        "errors name the file: {text}"
+    );
 }
 
 const HEAD: &str = "version: 1\nrules:\n  - name: r\n    action: allow\n";
@@ -44,7 +49,12 @@ fn unknown_keys_are_errors_with_line_and_column() {
 
 #[test]
 fn bad_cidrs_are_refused() {
-    for (cidr, needle) in [("10.0.0.1/8", "host bits"), ("10.0.0.0/33", "invalid CIDR"), ("banana", "invalid CIDR"), ("::ffff:0:0/96", "IPv4-mapped")] {
+    for (cidr, needle) in [
+        ("10.0.0.1/8", "host bits"),
+        ("10.0.0.0/33", "invalid CIDR"),
+        ("banana", "invalid CIDR"),
+        ("::ffff:0:0/96", "IPv4-mapped"),
+    ] {
         assert_refused_at(
             &format!("{HEAD}    from:\n      - cidr: \"{cidr}\"\n    to:\n      - host: a.com\n        ports: [1]\n"),
             6,
@@ -55,7 +65,15 @@ fn bad_cidrs_are_refused() {
 
 #[test]
 fn bad_ports_are_refused() {
-    for ports in ["[0]", "[65536]", "[\"9-3\"]", "[\"x\"]", "[]", "443", "[-1]"] {
+    for ports in [
+        "[0]",
+        "[65536]",
+        "[\"9-3\"]",
+        "[\"x\"]",
+        "[]",
+        "443",
+        "[-1]",
+    ] {
         let yaml = format!("{HEAD}    from:\n      - cidr: 10.0.0.0/8\n    to:\n      - host: a.com\n        ports: {ports}\n");
         let e = errors(&yaml);
         assert!(e.errors.iter().any(|x| x.line == 9), "ports {ports}: {e}");
@@ -69,8 +87,16 @@ fn bad_ports_are_refused() {
 
 #[test]
 fn empty_from_and_to_are_refused() {
-    assert_refused_at(&format!("{HEAD}    from: []\n    to:\n      - host: a.com\n        ports: [1]\n"), 5, "'from' must not be empty");
-    assert_refused_at(&format!("{HEAD}    from:\n      - cidr: 10.0.0.0/8\n    to: []\n"), 7, "'to' must not be empty");
+    assert_refused_at(
+        &format!("{HEAD}    from: []\n    to:\n      - host: a.com\n        ports: [1]\n"),
+        5,
+        "'from' must not be empty",
+    );
+    assert_refused_at(
+        &format!("{HEAD}    from:\n      - cidr: 10.0.0.0/8\n    to: []\n"),
+        7,
+        "'to' must not be empty",
+    );
 }
 
 #[test]
@@ -84,7 +110,8 @@ fn an_empty_selector_is_refused_rather_than_matching_everyone() {
 
 #[test]
 fn duplicate_rule_names_are_refused() {
-    let rule = "    from:\n      - cidr: 10.0.0.0/8\n    to:\n      - host: a.com\n        ports: [1]\n";
+    let rule =
+        "    from:\n      - cidr: 10.0.0.0/8\n    to:\n      - host: a.com\n        ports: [1]\n";
     let yaml = format!("{HEAD}{rule}  - name: r\n    action: deny\n{rule}");
     assert_refused_at(&yaml, 10, "duplicate rule name");
 }

@@ -57,7 +57,11 @@ pub async fn read_response_from(stream: &mut (impl tokio::io::AsyncRead + Unpin)
             .await
             .expect("response within the deadline")
             .expect("read response");
-        assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();

@@ -60,8 +60,12 @@ impl DnsServer {
                             return;
                         }
                         let Some(reply) = answer(&s, &q) else { return };
-                        let Ok(l) = u16::try_from(reply.len()) else { return };
-                        if conn.write_all(&l.to_be_bytes()).await.is_err() || conn.write_all(&reply).await.is_err() {
+                        let Ok(l) = u16::try_from(reply.len()) else {
+                            return;
+                        };
+                        if conn.write_all(&l.to_be_bytes()).await.is_err()
+                            || conn.write_all(&reply).await.is_err()
+                        {
                             return;
                         }
                     }
@@ -73,8 +77,15 @@ impl DnsServer {
 
     /// Sets the addresses of `name` (lower case, no trailing dot).
     pub fn set(&self, name: &str, ips: &[&str]) {
-        let ips = ips.iter().map(|i| i.parse().expect("test address")).collect();
-        self.state.records.lock().expect("lock").insert(name.to_owned(), ips);
+        let ips = ips
+            .iter()
+            .map(|i| i.parse().expect("test address"))
+            .collect();
+        self.state
+            .records
+            .lock()
+            .expect("lock")
+            .insert(name.to_owned(), ips);
     }
 
     pub fn queries(&self) -> usize {
@@ -100,7 +111,11 @@ fn answer(state: &State, query: &[u8]) -> Option<Vec<u8>> {
     let mut found = false;
     for q in req.queries() {
         resp.add_query(q.clone());
-        let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let name = q
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         state.names.lock().expect("lock").push(name.clone());
         let records = state.records.lock().expect("lock");
         if let Some(ips) = records.get(&name) {

@@ -123,14 +123,21 @@ impl Gateway {
             .env_remove("RUST_LOG")
             .spawn()
             .expect("start egress-gateway");
-        spawn_reader(gw.child.stdout.take().expect("stdout"), Arc::clone(&gw.audit));
-        spawn_reader(gw.child.stderr.take().expect("stderr"), Arc::clone(&gw.logs));
+        spawn_reader(
+            gw.child.stdout.take().expect("stdout"),
+            Arc::clone(&gw.audit),
+        );
+        spawn_reader(
+            gw.child.stderr.take().expect("stderr"),
+            Arc::clone(&gw.logs),
+        );
         let logs = Arc::clone(&gw.logs);
         let find = |message: &str| {
             let logs = logs.lock().expect("lock");
             logs.iter().find_map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["message"] == message).then(|| v["address"].as_str()?.parse::<SocketAddr>().ok())?
+                (v["message"] == message)
+                    .then(|| v["address"].as_str()?.parse::<SocketAddr>().ok())?
             })
         };
         let end = tokio::time::Instant::now() + crate::DEADLINE;
@@ -143,7 +150,11 @@ impl Gateway {
             if let Ok(Some(status)) = gw.child.try_wait() {
                 panic!("gateway exited with {status}: {}", gw.logs().join("\n"));
             }
-            assert!(tokio::time::Instant::now() < end, "gateway did not start: {}", gw.logs().join("\n"));
+            assert!(
+                tokio::time::Instant::now() < end,
+                "gateway did not start: {}",
+                gw.logs().join("\n")
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         gw
@@ -184,29 +195,47 @@ impl Gateway {
             .lock()
             .expect("lock")
             .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {l}"))
+            })
             .collect()
     }
 
     /// Waits for an audit line that satisfies `pred`.
-    pub async fn wait_audit(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub async fn wait_audit(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         crate::eventually(what, || self.audit().into_iter().find(|v| pred(v))).await
     }
 
     /// GET on the admin server: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let mut s = tokio::net::TcpStream::connect(self.admin).await.expect("connect admin");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes())
+        let mut s = tokio::net::TcpStream::connect(self.admin)
             .await
-            .expect("send");
+            .expect("connect admin");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("send");
         let mut out = Vec::new();
         tokio::time::timeout(crate::DEADLINE, s.read_to_end(&mut out))
             .await
             .expect("admin answers")
             .expect("read");
         let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -235,7 +264,10 @@ impl Gateway {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(tokio::time::Instant::now() < end, "gateway still running after {within:?}");
+            assert!(
+                tokio::time::Instant::now() < end,
+                "gateway still running after {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

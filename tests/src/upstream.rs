@@ -113,13 +113,16 @@ impl TlsUpstream {
         let params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
         let cert = params.self_signed(&key).expect("self-signed cert");
         let cert_der = cert.der().clone();
-        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert_der.clone()], key_der)
-            .expect("server config");
+        let key_der =
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key_der)
+        .expect("server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -127,7 +130,9 @@ impl TlsUpstream {
             while let Ok((conn, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(conn).await else { return };
+                    let Ok(mut tls) = acceptor.accept(conn).await else {
+                        return;
+                    };
                     let mut buf = vec![0u8; 16 * 1024];
                     loop {
                         match tls.read(&mut buf).await {

@@ -6,7 +6,10 @@ use std::process::{Command, Output};
 use egress_tests::gateway::{binary, temp_dir};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(binary()).args(args).output().expect("run egress-gateway")
+    Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run egress-gateway")
 }
 
 const POLICY: &str = r#"version: 1
@@ -48,7 +51,12 @@ fn policy_file(text: &str) -> String {
 fn validate_accepts_a_good_policy_and_names_line_and_column_of_a_bad_one() {
     let good = policy_file(POLICY);
     let out = run(&["policy", "validate", &good]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = policy_file("version: 1\nrules:\n  - name: r\n    action: allow\n    from:\n      - cidr: 10.0.0.0/33\n    to:\n      - host: a.com\n        ports: [1]\n");
     let out = run(&["policy", "validate", &bad]);
@@ -60,30 +68,91 @@ fn validate_accepts_a_good_policy_and_names_line_and_column_of_a_bad_one() {
 #[test]
 fn check_prints_the_decision_and_exits_by_it() {
     let p = policy_file(POLICY);
-    let out = run(&["policy", "check", "--policy", &p, "--spiffe", "spiffe://cluster.local/ns/payments/sa/checkout", "--to", "API.stripe.com.:443"]);
+    let out = run(&[
+        "policy",
+        "check",
+        "--policy",
+        &p,
+        "--spiffe",
+        "spiffe://cluster.local/ns/payments/sa/checkout",
+        "--to",
+        "API.stripe.com.:443",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("checkout-to-stripe"));
 
-    let out = run(&["policy", "check", "--policy", &p, "--source", "10.1.2.3", "--namespace", "billing", "--label", "app=invoicer", "--to", "api.stripe.com:443", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = run(&[
+        "policy",
+        "check",
+        "--policy",
+        &p,
+        "--source",
+        "10.1.2.3",
+        "--namespace",
+        "billing",
+        "--label",
+        "app=invoicer",
+        "--to",
+        "api.stripe.com:443",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(v["decision"], "allow");
     assert_eq!(v["rule"], "checkout-to-stripe");
     assert_eq!(v["identity_source"], "kubernetes");
 
-    let out = run(&["policy", "check", "--policy", &p, "--spiffe", "spiffe://cluster.local/ns/payments/sa/checkout", "--to", "x.pastebin.com:443", "--json"]);
+    let out = run(&[
+        "policy",
+        "check",
+        "--policy",
+        &p,
+        "--spiffe",
+        "spiffe://cluster.local/ns/payments/sa/checkout",
+        "--to",
+        "x.pastebin.com:443",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["reason"], "denied_by_rule");
     assert_eq!(v["rule"], "no-pastebin");
 
-    let out = run(&["policy", "check", "--policy", &p, "--spiffe", "spiffe://cluster.local/ns/payments/sa/checkout", "--to", "b.s3.amazonaws.com:443", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "a shadow rule never changes the outcome");
+    let out = run(&[
+        "policy",
+        "check",
+        "--policy",
+        &p,
+        "--spiffe",
+        "spiffe://cluster.local/ns/payments/sa/checkout",
+        "--to",
+        "b.s3.amazonaws.com:443",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a shadow rule never changes the outcome"
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["reason"], "no_matching_rule");
     assert_eq!(v["shadow"][0]["rule"], "try-s3");
 
-    let out = run(&["policy", "check", "--policy", &p, "--source", "10.1.2.3", "--to", "api.stripe.com:443"]);
+    let out = run(&[
+        "policy",
+        "check",
+        "--policy",
+        &p,
+        "--source",
+        "10.1.2.3",
+        "--to",
+        "api.stripe.com:443",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("unknown_identity"));
 }
@@ -91,22 +160,76 @@ fn check_prints_the_decision_and_exits_by_it() {
 #[test]
 fn check_exits_2_on_usage_errors_and_invalid_policies() {
     let p = policy_file(POLICY);
-    assert_eq!(run(&["policy", "check", "--policy", &p, "--spiffe", "spiffe://td/x", "--to", "no-port"]).status.code(), Some(2));
-    assert_eq!(run(&["policy", "check", "--policy", &p, "--to", "a.com:443"]).status.code(), Some(2));
-    assert_eq!(run(&["policy", "check", "--policy", &p, "--spiffe", "SPIFFE://td/x", "--to", "a.com:443"]).status.code(), Some(2));
+    assert_eq!(
+        run(&[
+            "policy",
+            "check",
+            "--policy",
+            &p,
+            "--spiffe",
+            "spiffe://td/x",
+            "--to",
+            "no-port"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&["policy", "check", "--policy", &p, "--to", "a.com:443"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&[
+            "policy",
+            "check",
+            "--policy",
+            &p,
+            "--spiffe",
+            "SPIFFE://td/x",
+            "--to",
+            "a.com:443"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
     let bad = policy_file("version: 1\nbogus: 1\n");
-    assert_eq!(run(&["policy", "check", "--policy", &bad, "--spiffe", "spiffe://td/x", "--to", "a.com:443"]).status.code(), Some(2));
+    assert_eq!(
+        run(&[
+            "policy",
+            "check",
+            "--policy",
+            &bad,
+            "--spiffe",
+            "spiffe://td/x",
+            "--to",
+            "a.com:443"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
 }
 
 #[test]
 fn run_refuses_a_bad_config_with_its_position() {
     let dir = temp_dir("cfg");
     let cfg = dir.join("gateway.yaml");
-    std::fs::write(&cfg, "listeners:\n  - name: p\n    kind: connect\n    address: 127.0.0.1:0\n    colour: red\n").expect("write");
+    std::fs::write(
+        &cfg,
+        "listeners:\n  - name: p\n    kind: connect\n    address: 127.0.0.1:0\n    colour: red\n",
+    )
+    .expect("write");
     let out = run(&["run", "--config", cfg.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("gateway.yaml:5:") && err.contains("colour"), "{err}");
+    assert!(
+        err.contains("gateway.yaml:5:") && err.contains("colour"),
+        "{err}"
+    );
     let out = run(&["config", "validate", cfg.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(2));
 }
@@ -116,4 +239,38 @@ fn version_prints_the_version() {
     let out = run(&["version"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("egress-gateway 0."));
+}
+
+#[test]
+fn the_examples_in_the_readme_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(binary())
+        .args(["config", "validate", "examples/gateway.yaml"])
+        .current_dir(&root)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(binary())
+        .args([
+            "policy",
+            "check",
+            "--policy",
+            "examples/policy.yaml",
+            "--source",
+            "127.0.0.5",
+            "--to",
+            "example.com:443",
+        ])
+        .current_dir(&root)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -22,12 +22,19 @@ async fn setup(extra: &str) -> (DnsServer, Upstream, Gateway) {
     for n in ["one.test", "two.test"] {
         dns.set(n, &["127.0.0.1"]);
     }
-    let gw = Gateway::start(&allow("one"), &format!("dns:\n  nameservers: [\"{}\"]\n{extra}", dns.addr)).await;
+    let gw = Gateway::start(
+        &allow("one"),
+        &format!("dns:\n  nameservers: [\"{}\"]\n{extra}", dns.addr),
+    )
+    .await;
     (dns, echo, gw)
 }
 
 async fn code(gw: &Gateway, host: &str, port: u16) -> u16 {
-    connect("127.0.0.2", gw.proxy, &format!("{host}:{port}")).await.1.status
+    connect("127.0.0.2", gw.proxy, &format!("{host}:{port}"))
+        .await
+        .1
+        .status
 }
 
 async fn policy_status(gw: &Gateway) -> serde_json::Value {
@@ -56,7 +63,11 @@ async fn a_configmap_symlink_swap_takes_effect_for_new_connections() {
     assert!(swapped, "the ..data swap was not picked up");
     assert_eq!(code(&gw, "two.test", p).await, 200);
     assert_eq!(code(&gw, "one.test", p).await, 407);
-    assert_eq!(gw.metric("egress_policy_reloads_total{result=\"ok\"}").await, Some(2.0));
+    assert_eq!(
+        gw.metric("egress_policy_reloads_total{result=\"ok\"}")
+            .await,
+        Some(2.0)
+    );
 }
 
 #[tokio::test]
@@ -64,7 +75,9 @@ async fn an_invalid_policy_keeps_the_last_good_one_and_reports_the_error() {
     let (_dns, echo, mut gw) = setup("").await;
     let p = echo.addr.port();
     let good = policy_status(&gw).await;
-    gw.swap_policy("version: 1\nrules:\n  - name: broken\n    action: allow\n    from: []\n    to: []\n");
+    gw.swap_policy(
+        "version: 1\nrules:\n  - name: broken\n    action: allow\n    from: []\n    to: []\n",
+    );
     let mut status = serde_json::Value::Null;
     for _ in 0..200 {
         status = policy_status(&gw).await;
@@ -73,11 +86,24 @@ async fn an_invalid_policy_keeps_the_last_good_one_and_reports_the_error() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let err = status["last_error"].as_str().expect("last_error is reported");
-    assert!(err.contains("policy.yaml:5:") && err.contains("'from' must not be empty"), "{err}");
-    assert_eq!(status["sha256"], good["sha256"], "the last good policy stays loaded");
+    let err = status["last_error"]
+        .as_str()
+        .expect("last_error is reported");
+    assert!(
+        err.contains("policy.yaml:5:") && err.contains("'from' must not be empty"),
+        "{err}"
+    );
+    assert_eq!(
+        status["sha256"], good["sha256"],
+        "the last good policy stays loaded"
+    );
     assert_eq!(code(&gw, "one.test", p).await, 200);
-    assert!(gw.metric("egress_policy_reloads_total{result=\"error\"}").await.unwrap_or(0.0) >= 1.0);
+    assert!(
+        gw.metric("egress_policy_reloads_total{result=\"error\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
 
     // A fixed file, written in place and announced with SIGHUP, clears the error.
     gw.write_policy_in_place(&allow("two"));
@@ -136,18 +162,31 @@ async fn sigterm_drains_live_tunnels_and_refuses_new_ones() {
     assert_eq!(read_to_end(&mut live).await, b"");
     let status = gw.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
-    let line = gw.wait_audit("the drained tunnel's line", |v| v["host"] == "one.test").await;
+    let line = gw
+        .wait_audit("the drained tunnel's line", |v| v["host"] == "one.test")
+        .await;
     assert_eq!(line["bytes_up"], 5);
 }
 
 #[tokio::test]
 async fn tunnels_still_open_when_the_drain_period_ends_are_closed() {
     let (_dns, echo, mut gw) = setup("shutdown:\n  drainTimeout: 300ms\n").await;
-    let (mut live, r) = connect("127.0.0.2", gw.proxy, &format!("one.test:{}", echo.addr.port())).await;
+    let (mut live, r) = connect(
+        "127.0.0.2",
+        gw.proxy,
+        &format!("one.test:{}", echo.addr.port()),
+    )
+    .await;
     assert_eq!(r.status, 200);
     gw.signal("TERM");
-    assert_eq!(read_to_end(&mut live).await, b"", "the gateway closed the tunnel");
+    assert_eq!(
+        read_to_end(&mut live).await,
+        b"",
+        "the gateway closed the tunnel"
+    );
     assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
-    let line = gw.wait_audit("the closed tunnel's line", |v| v["host"] == "one.test").await;
+    let line = gw
+        .wait_audit("the closed tunnel's line", |v| v["host"] == "one.test")
+        .await;
     assert_eq!(line["close"], "drain");
 }

@@ -38,17 +38,53 @@ async fn status(gw: &Gateway, target: &str) -> (u16, Option<String>) {
 async fn host_names_match_by_case_trailing_dot_punycode_and_whole_labels() {
     let dns = DnsServer::start().await;
     let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
-    for n in ["api.example.com", "xn--bcher-kva.example", "a.example.org", "a.b.example.org", "example.org", "badexample.org", "example.org.evil.net", "api.example.com.evil.net"] {
+    for n in [
+        "api.example.com",
+        "xn--bcher-kva.example",
+        "a.example.org",
+        "a.b.example.org",
+        "example.org",
+        "badexample.org",
+        "example.org.evil.net",
+        "api.example.com.evil.net",
+    ] {
         dns.set(n, &["127.0.0.1"]);
     }
-    let gw = Gateway::start(HOSTS_POLICY, &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr)).await;
+    let gw = Gateway::start(
+        HOSTS_POLICY,
+        &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr),
+    )
+    .await;
     let p = echo.addr.port();
-    for allowed in ["api.example.com", "API.Example.COM", "api.example.com.", "xn--bcher-kva.example", "XN--BCHER-KVA.example.", "a.example.org", "a.b.example.org", "A.Example.Org."] {
-        assert_eq!(status(&gw, &format!("{allowed}:{p}")).await.0, 200, "{allowed} must be allowed");
+    for allowed in [
+        "api.example.com",
+        "API.Example.COM",
+        "api.example.com.",
+        "xn--bcher-kva.example",
+        "XN--BCHER-KVA.example.",
+        "a.example.org",
+        "a.b.example.org",
+        "A.Example.Org.",
+    ] {
+        assert_eq!(
+            status(&gw, &format!("{allowed}:{p}")).await.0,
+            200,
+            "{allowed} must be allowed"
+        );
     }
-    for denied in ["example.org", "badexample.org", "example.org.evil.net", "api.example.com.evil.net", "xn--pi-7kc.example.com"] {
+    for denied in [
+        "example.org",
+        "badexample.org",
+        "example.org.evil.net",
+        "api.example.com.evil.net",
+        "xn--pi-7kc.example.com",
+    ] {
         let (code, reason) = status(&gw, &format!("{denied}:{p}")).await;
-        assert_eq!((code, reason.as_deref()), (407, Some("unknown_identity")), "{denied} must be denied");
+        assert_eq!(
+            (code, reason.as_deref()),
+            (407, Some("unknown_identity")),
+            "{denied} must be denied"
+        );
     }
     // IP literals never match host entries, even the address the name resolves to.
     let (code, _) = status(&gw, &format!("127.0.0.1:{p}")).await;
@@ -95,14 +131,36 @@ async fn the_address_guard_refuses_special_addresses_in_every_spelling() {
     dns.set("teredo.guard.test", &["2001::5601:5601"]);
     dns.set("sixtofour.guard.test", &["2002:a9fe:a9fe::1"]);
     dns.set("v6loop.guard.test", &["::1"]);
-    let gw = Gateway::start(GUARD_POLICY, &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr)).await;
+    let gw = Gateway::start(
+        GUARD_POLICY,
+        &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr),
+    )
+    .await;
     let p = echo.addr.port();
-    for name in ["loopback", "metadata", "mapped", "nat64", "teredo", "sixtofour", "v6loop"] {
+    for name in [
+        "loopback",
+        "metadata",
+        "mapped",
+        "nat64",
+        "teredo",
+        "sixtofour",
+        "v6loop",
+    ] {
         let (code, reason) = status(&gw, &format!("{name}.guard.test:{p}")).await;
-        assert_eq!((code, reason.as_deref()), (403, Some("blocked_address")), "{name}");
+        assert_eq!(
+            (code, reason.as_deref()),
+            (403, Some("blocked_address")),
+            "{name}"
+        );
     }
     // Literals in the request target go through the same guard.
-    for literal in ["[::ffff:127.0.0.1]", "[::ffff:a9fe:a9fe]", "[2002:a9fe:a9fe::]", "[::]", "0.0.0.0"] {
+    for literal in [
+        "[::ffff:127.0.0.1]",
+        "[::ffff:a9fe:a9fe]",
+        "[2002:a9fe:a9fe::]",
+        "[::]",
+        "0.0.0.0",
+    ] {
         let (code, _) = status(&gw, &format!("{literal}:{p}")).await;
         assert!(code == 403 || code == 407, "{literal}: {code}");
     }
@@ -116,7 +174,10 @@ async fn only_the_allowed_answers_of_a_mixed_resolution_are_dialed() {
     let blocked = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
     let port = blocked.addr.port();
     let allowed = Upstream::start(&format!("127.0.0.7:{port}"), Behaviour::Echo).await;
-    dns.set("mixed.guard.test", &["127.0.0.1", "169.254.169.254", "127.0.0.7"]);
+    dns.set(
+        "mixed.guard.test",
+        &["127.0.0.1", "169.254.169.254", "127.0.0.7"],
+    );
     let gw = Gateway::start(
         GUARD_POLICY,
         &format!("dns:\n  nameservers: [\"{}\"]\naddressGuard:\n  blocked: [default]\n  allowed: [127.0.0.7/32]\n", dns.addr),
@@ -126,7 +187,9 @@ async fn only_the_allowed_answers_of_a_mixed_resolution_are_dialed() {
     assert_eq!(code, 200);
     assert_eq!(blocked.accepted(), 0, "a blocked answer was dialed");
     assert_eq!(allowed.accepted(), 1);
-    let line = gw.wait_audit("audit", |v| v["host"] == "mixed.guard.test").await;
+    let line = gw
+        .wait_audit("audit", |v| v["host"] == "mixed.guard.test")
+        .await;
     assert_eq!(line["upstream"], format!("127.0.0.7:{port}"));
 }
 
@@ -138,7 +201,11 @@ async fn allow_private_addresses_and_cidr_rules_are_the_exceptions() {
     let ten = Upstream::start(&format!("127.0.0.10:{port}"), Behaviour::Echo).await;
     dns.set("db.private.test", &["127.0.0.1"]);
     dns.set("ten.guard.test", &["127.0.0.10"]);
-    let gw = Gateway::start(GUARD_POLICY, &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr)).await;
+    let gw = Gateway::start(
+        GUARD_POLICY,
+        &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr),
+    )
+    .await;
     // The host entry says allowPrivateAddresses.
     assert_eq!(status(&gw, &format!("db.private.test:{port}")).await.0, 200);
     // The literal lies in an allowing rule's cidr entry.
@@ -174,7 +241,11 @@ rules:
       - cidr: 127.0.0.1/32
         ports: ["*"]
 "#;
-    let gw = Gateway::start(policy, &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr)).await;
+    let gw = Gateway::start(
+        policy,
+        &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr),
+    )
+    .await;
     let (code, reason) = status(&gw, &format!("sneaky.guard.test:{}", echo.addr.port())).await;
     assert_eq!((code, reason.as_deref()), (403, Some("denied_by_rule")));
     assert_eq!(echo.accepted(), 0);

@@ -45,7 +45,12 @@ async fn allowed_tunnel_carries_bytes_both_ways_and_survives_client_half_close()
     dns.set("echo.test", &["127.0.0.1"]);
     let gw = Gateway::start(&policy(echo.addr.port()), &config(&dns)).await;
 
-    let (mut s, r) = connect("127.0.0.2", gw.proxy, &format!("echo.test:{}", echo.addr.port())).await;
+    let (mut s, r) = connect(
+        "127.0.0.2",
+        gw.proxy,
+        &format!("echo.test:{}", echo.addr.port()),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.head);
     s.write_all(b"ping").await.expect("write");
     let mut got = [0u8; 4];
@@ -56,7 +61,9 @@ async fn allowed_tunnel_carries_bytes_both_ways_and_survives_client_half_close()
     s.shutdown().await.expect("half-close");
     assert_eq!(read_to_end(&mut s).await, b"last");
 
-    let line = gw.wait_audit("the tunnel's audit line", |v| v["host"] == "echo.test").await;
+    let line = gw
+        .wait_audit("the tunnel's audit line", |v| v["host"] == "echo.test")
+        .await;
     assert_eq!(line["decision"], "allow");
     assert_eq!(line["reason"], "allowed_by_rule");
     assert_eq!(line["rule"], "batch-to-echo");
@@ -68,8 +75,18 @@ async fn allowed_tunnel_carries_bytes_both_ways_and_survives_client_half_close()
     assert_eq!(line["bytes_up"], 8);
     assert_eq!(line["bytes_down"], 8);
     assert_eq!(line["close"], "eof");
-    assert!(line["source"].as_str().expect("source").starts_with("127.0.0.2:"));
-    for key in ["ts", "namespace", "service_account", "pod", "duration_ms", "shadow"] {
+    assert!(line["source"]
+        .as_str()
+        .expect("source")
+        .starts_with("127.0.0.2:"));
+    for key in [
+        "ts",
+        "namespace",
+        "service_account",
+        "pod",
+        "duration_ms",
+        "shadow",
+    ] {
         assert!(line.get(key).is_some(), "audit line lacks {key}: {line}");
     }
 }
@@ -81,7 +98,12 @@ async fn upstream_half_close_still_lets_the_caller_send() {
     dns.set("greet.tunnel.test", &["127.0.0.1"]);
     let gw = Gateway::start(&policy(1), &config(&dns)).await;
 
-    let (mut s, r) = connect("127.0.0.3", gw.proxy, &format!("greet.tunnel.test:{}", up.addr.port())).await;
+    let (mut s, r) = connect(
+        "127.0.0.3",
+        gw.proxy,
+        &format!("greet.tunnel.test:{}", up.addr.port()),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.head);
     let mut hello = [0u8; 5];
     s.read_exact(&mut hello).await.expect("greeting");
@@ -89,13 +111,17 @@ async fn upstream_half_close_still_lets_the_caller_send() {
     // The upstream has half-closed: we see EOF, yet our direction stays open.
     let mut one = [0u8; 1];
     assert_eq!(s.read(&mut one).await.expect("read EOF"), 0);
-    s.write_all(b"still here").await.expect("write after upstream EOF");
+    s.write_all(b"still here")
+        .await
+        .expect("write after upstream EOF");
     s.shutdown().await.expect("close");
     egress_tests::eventually("the upstream to receive the late bytes", || {
         (up.received() == b"still here").then_some(())
     })
     .await;
-    let line = gw.wait_audit("audit line", |v| v["host"] == "greet.tunnel.test").await;
+    let line = gw
+        .wait_audit("audit line", |v| v["host"] == "greet.tunnel.test")
+        .await;
     assert_eq!(line["bytes_up"], 10);
     assert_eq!(line["bytes_down"], 5);
     assert_eq!(line["identity_source"], "none");
@@ -118,14 +144,19 @@ async fn tls_runs_inside_the_tunnel_and_optimistic_bytes_wait_for_the_tunnel() {
     assert_eq!(r.status, 200);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(tls.cert_der.clone()).expect("trust the upstream");
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from("secure.tunnel.test").expect("name");
-    let mut t = connector.connect(name, s).await.expect("TLS handshake through the tunnel");
+    let mut t = connector
+        .connect(name, s)
+        .await
+        .expect("TLS handshake through the tunnel");
     t.write_all(b"over tls").await.expect("write");
     let mut got = [0u8; 8];
     t.read_exact(&mut got).await.expect("read");
@@ -167,7 +198,11 @@ async fn absolute_form_http_is_forwarded_once_in_origin_form() {
     .await
     .expect("send");
     let reply = read_to_end(&mut s).await;
-    assert!(reply.starts_with(b"HTTP/1.1 200 OK"), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     assert!(reply.ends_with(b"ok"));
     let seen = String::from_utf8(http.received()).expect("ascii");
     assert_eq!(
@@ -187,11 +222,18 @@ async fn curl_fetches_through_the_gateway() {
     let out = tokio::process::Command::new("curl")
         .args(["-sS", "--max-time", "10", "-p", "-x"])
         .arg(format!("http://{}", gw.proxy))
-        .arg(format!("http://curl.tunnel.test:{}/hello", http.addr.port()))
+        .arg(format!(
+            "http://curl.tunnel.test:{}/hello",
+            http.addr.port()
+        ))
         .output()
         .await
         .expect("run curl (install it: apt-get install curl)");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"ok");
     let denied = tokio::process::Command::new("curl")
         .args(["-sS", "--max-time", "10", "-p", "-x"])
@@ -201,5 +243,9 @@ async fn curl_fetches_through_the_gateway() {
         .await
         .expect("run curl");
     assert!(!denied.status.success());
-    assert!(String::from_utf8_lossy(&denied.stderr).contains("407"), "{}", String::from_utf8_lossy(&denied.stderr));
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("407"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
 }
