@@ -79,6 +79,16 @@ pub enum ListenerKind {
     Sni,
 }
 
+impl ListenerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Connect => "connect",
+            ListenerKind::Transparent => "transparent",
+            ListenerKind::Sni => "sni",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawListener {
@@ -488,8 +498,9 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
         }
         if l.kind != ListenerKind::Connect {
             return Err(invalid(format!(
-                "listener {:?}: kind {:?} is not available in this build; only 'connect' is",
-                l.name, l.kind
+                "listener {:?}: kind '{}' is not available in this build; only 'connect' is",
+                l.name,
+                l.kind.as_str()
             )));
         }
         if l.tls.is_some() {

@@ -36,6 +36,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub audit: AuditSink,
     pub identities: StaticIdentities,
+    /// The gateway's own listening sockets, never dialed.
+    pub own_sockets: crate::upstream::OwnSockets,
     pub conns: ConnTracker,
     /// Turns true when the drain period is over: live tunnels close.
     pub force_close: watch::Receiver<bool>,

@@ -612,6 +612,32 @@ mod tests {
         assert_eq!(reason_of(&req), Reason::HeaderTooLarge);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_heads_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse_request(&bytes);
+        }
+
+        #[test]
+        fn near_miss_heads_never_panic(
+            method in "(CONNECT|GET|POST|connect)",
+            target in "[a-zA-Z0-9:/\\[\\]@%.?#*-]{0,40}",
+            headers in proptest::collection::vec("[A-Za-z-]{1,12}: [ -~]{0,20}", 0..6),
+        ) {
+            let head = format!("{method} {target} HTTP/1.1\r\n{}\r\n", headers.iter().map(|h| format!("{h}\r\n")).collect::<String>());
+            let _ = parse_request(head.as_bytes());
+        }
+
+        #[test]
+        fn chunked_scanner_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), split in 0usize..512) {
+            let mut s = ChunkedScanner::default();
+            let split = split.min(bytes.len());
+            if let Ok(None) = s.feed(&bytes[..split]) {
+                let _ = s.feed(&bytes[split..]);
+            }
+        }
+    }
+
     #[test]
     fn chunked_scanner_finds_the_end_across_splits() {
         let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\n\r\nNEXT";

@@ -301,6 +301,10 @@ async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin)
         .await
         .with_context(|| format!("admin: cannot bind {}", cfg.admin))?;
+    let mut own = vec![admin_listener.local_addr()?];
+    for (_, l) in &bound {
+        own.push(l.local_addr()?);
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (force_tx, force_rx) = tokio::sync::watch::channel(false);
@@ -312,6 +316,7 @@ async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         audit: audit::AuditSink::stdout(),
         identities: identity::StaticIdentities::new(cfg.statics.clone()),
+        own_sockets: upstream::OwnSockets(own),
         conns: connect::ConnTracker::new(cfg.limits.max_connections),
         force_close: force_rx,
         config: cfg,
@@ -330,7 +335,7 @@ async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
     let status = policy.status();
     for (l, listener) in bound {
         let address = listener.local_addr()?;
-        tracing::info!(listener = %l.name, kind = "connect", address = %address, "listening");
+        tracing::info!(listener = %l.name, kind = l.kind.as_str(), address = %address, "listening");
         let ctx = Arc::new(connect::ConnectListener {
             metrics: metrics.listener(&l.name),
             name: l.name,

@@ -40,11 +40,27 @@ pub async fn resolve(
     }
 }
 
-/// Keeps the addresses that may be dialed. An address is dropped when an enforce-mode deny
-/// rule's `cidr` entry covers it, or when the guard blocks it and no exception applies: the
-/// address lies in `addressGuard.allowed`, in a `cidr` entry of an allow rule for this caller, or
-/// the matching `host` entry says `allowPrivateAddresses: true`.
+/// The gateway's own listening sockets: never a destination, whatever the policy says, so a
+/// caller cannot chain the gateway into itself or reach the admin server through it.
+#[derive(Clone, Debug, Default)]
+pub struct OwnSockets(pub Vec<SocketAddr>);
+
+impl OwnSockets {
+    fn contains(&self, target: SocketAddr) -> bool {
+        self.0.iter().any(|own| {
+            own.port() == target.port()
+                && (own.ip() == target.ip()
+                    || (own.ip().is_unspecified() && (target.ip().is_loopback() || target.ip().is_unspecified())))
+        })
+    }
+}
+
+/// Keeps the addresses that may be dialed. An address is dropped when it is one of the gateway's
+/// own sockets, when an enforce-mode deny rule's `cidr` entry covers it, or when the guard blocks
+/// it and no exception applies: the address lies in `addressGuard.allowed`, in a `cidr` entry of
+/// an allow rule for this caller, or the matching `host` entry says `allowPrivateAddresses: true`.
 pub fn select_addresses(
+    own: &OwnSockets,
     guard: &AddressGuard,
     policy: &Policy,
     identity: &Identity,
@@ -55,6 +71,13 @@ pub fn select_addresses(
     let mut allowed = Vec::with_capacity(candidates.len());
     let mut refused: Option<Reject> = None;
     for ip in candidates {
+        if own.contains(SocketAddr::new(ip, dest.port)) {
+            refused = Some(Reject::new(
+                Reason::BlockedAddress,
+                format!("{ip}:{} is the gateway itself", dest.port),
+            ));
+            continue;
+        }
         let by_address = match dest.host {
             Host::Ip(_) => decision.clone(),
             Host::Name(_) => policy.decide(

@@ -23,6 +23,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     received: Arc<Mutex<Vec<u8>>>,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Upstream {
@@ -31,9 +32,11 @@ impl Upstream {
         let addr = listener.local_addr().expect("local addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(Mutex::new(Vec::new()));
-        let (a, r) = (Arc::clone(&accepted), Arc::clone(&received));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (a, r, p) = (Arc::clone(&accepted), Arc::clone(&received), Arc::clone(&peers));
         tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
+            while let Ok((conn, peer)) = listener.accept().await {
+                p.lock().expect("lock").push(peer);
                 a.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(serve(conn, behaviour, Arc::clone(&r)));
             }
@@ -42,12 +45,18 @@ impl Upstream {
             addr,
             accepted,
             received,
+            peers,
         }
     }
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Source addresses of the connections accepted so far.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().expect("lock").clone()
     }
 
     /// Bytes received (GreetThenHalfClose and Http only).

@@ -250,3 +250,13 @@ rules:
     assert_eq!((code, reason.as_deref()), (403, Some("denied_by_rule")));
     assert_eq!(echo.accepted(), 0);
 }
+
+#[tokio::test]
+async fn the_gateway_never_dials_itself_even_when_the_policy_would_allow_it() {
+    let policy = "version: 1\nrules:\n  - name: all-loopback\n    action: allow\n    from:\n      - cidr: 127.0.0.0/8\n    to:\n      - cidr: 127.0.0.0/8\n        ports: [\"*\"]\n";
+    let gw = Gateway::start(policy, "").await;
+    for target in [gw.proxy, gw.admin] {
+        let (code, reason) = status(&gw, &target.to_string()).await;
+        assert_eq!((code, reason.as_deref()), (403, Some("blocked_address")), "{target}");
+    }
+}
