@@ -1,11 +1,13 @@
 //! The audit stream: one JSON line per connection on stdout, apart from the operational logs
-//! (stderr). Lines are handed to one writer thread through a bounded channel, so a slow stdout
-//! slows connections down rather than dropping audit lines or growing memory without bound.
+//! (stderr). Lines go into one shared buffer that is written out when it fills and at least
+//! every [`FLUSH_EVERY`]: no thread hand-off per line, and a slow stdout slows connections down
+//! rather than dropping audit lines or growing memory without bound.
 
-use std::io::Write;
+use std::io::{BufWriter, Stdout, Write};
 use std::net::SocketAddr;
-use std::sync::mpsc;
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use egress_policy::{Identity, IdentitySource};
 use serde::Serialize;
@@ -89,44 +91,55 @@ impl AuditRecord {
     }
 }
 
+/// How long an audit line may wait in the buffer.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
+
 /// Where audit lines go.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: mpsc::SyncSender<Vec<u8>>,
+    out: Arc<Mutex<BufWriter<Stdout>>>,
+    dirty: Arc<AtomicBool>,
 }
 
 impl AuditSink {
-    /// Starts the writer thread on stdout.
+    /// Writes to stdout, flushed by a background task. Call inside the runtime.
     pub fn stdout() -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16 * 1024);
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || {
-                let stdout = std::io::stdout();
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(&line);
-                    // Flush whenever the queue is empty: lines appear promptly when traffic is
-                    // light and are batched when it is heavy.
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = out.write_all(&more);
-                    }
-                    if out.flush().is_err() {
-                        // stdout is gone; keep draining so senders never block forever.
-                        continue;
-                    }
-                }
-            })
-            .expect("spawning the audit writer thread at start-up must succeed");
-        AuditSink { tx }
+        let sink = AuditSink {
+            out: Arc::new(Mutex::new(BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            ))),
+            dirty: Arc::new(AtomicBool::new(false)),
+        };
+        let flusher = sink.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            loop {
+                tick.tick().await;
+                flusher.flush();
+            }
+        });
+        sink
     }
 
     pub fn write(&self, mut record: AuditRecord) {
         record.finish();
         let mut line = serde_json::to_vec(&record).expect("an audit record always serialises");
         line.push(b'\n');
-        if self.tx.send(line).is_err() {
-            tracing::error!("audit writer is gone; audit line lost");
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = out.write_all(&line) {
+            tracing::error!(error = %e, "audit line lost: stdout failed");
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Writes out buffered lines now.
+    pub fn flush(&self) {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = out.flush() {
+                tracing::error!(error = %e, "flushing audit lines failed");
+            }
         }
     }
 }

@@ -217,6 +217,7 @@ async fn proxy(
 
     let candidates = crate::upstream::resolve(&gw.dns, &dest, &gw.metrics).await?;
     let addrs = crate::upstream::select_addresses(
+        &gw.own_sockets,
         &gw.config.guard,
         policy,
         &identity,
@@ -254,7 +255,7 @@ async fn proxy(
                 up: &ctx.metrics.bytes_up,
                 down: &ctx.metrics.bytes_down,
             };
-            let relayed = relay::relay(client, &mut upstream, idle, &mut force_close, meters).await;
+            let relayed = relay::relay(client, &upstream, idle, &mut force_close, meters).await;
             audit.bytes_up = relayed.up + early;
             audit.bytes_down = relayed.down;
             audit.close = Some(relayed.close.as_str());
@@ -267,7 +268,7 @@ async fn proxy(
                     audit.bytes_up = up;
                     let (down, close) = relay::relay_down(
                         client,
-                        &mut upstream,
+                        &upstream,
                         idle,
                         &mut force_close,
                         &ctx.metrics.bytes_down,

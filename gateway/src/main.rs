@@ -18,6 +18,7 @@ mod metrics;
 mod policy_store;
 mod reason;
 mod relay;
+mod sys;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -369,8 +370,7 @@ async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
         let _ = force_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), gateway.conns.wait_idle()).await;
     }
-    // Give the audit writer a moment to flush the last lines.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gateway.audit.flush();
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,24 +1,60 @@
 //! Relaying bytes between caller and upstream, both ways, with half-close, an idle timeout and
 //! forced close on drain.
 //!
-//! Each direction waits for readiness without holding a buffer, and borrows one only while data
-//! is flowing, so an idle tunnel costs two sockets and a task, not two 64 KiB buffers. When one
-//! side finishes sending (EOF), the other side's write half is shut down and the opposite
-//! direction keeps going until it finishes too.
+//! Each direction waits for readiness without holding a buffer, and borrows one from a small
+//! per-thread pool only while data is flowing, so an idle tunnel costs two sockets and a task.
+//! A direction that carries bulk data (a read fills a whole buffer) switches to `splice(2)`
+//! through a pipe: the bytes then move socket to socket inside the kernel. When one side
+//! finishes sending (EOF), the other side's write half is shut down and the opposite direction
+//! keeps going until it finishes too.
 
+use std::cell::RefCell;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Bytes read per readiness burst.
-const CHUNK: usize = 64 * 1024;
+use crate::sys::{shutdown_write, Pipe};
+
+/// Bytes read per readiness burst in copy mode.
+const CHUNK: usize = 32 * 1024;
+/// Buffers kept per worker thread for reuse.
+const POOL: usize = 64;
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer from the per-thread pool, returned on drop (to the pool of the thread that drops it).
+struct PooledBuf(Vec<u8>);
+
+impl PooledBuf {
+    fn take() -> Self {
+        let buf = BUFFERS
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+        PooledBuf(buf)
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        BUFFERS.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL {
+                p.push(buf);
+            }
+        });
+    }
+}
 
 /// How a tunnel ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +95,8 @@ pub struct Meters<'a> {
 
 /// Relays until both directions are done, the tunnel is idle for `idle`, or `drain` turns true.
 pub async fn relay(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    client: &TcpStream,
+    upstream: &TcpStream,
     idle: Duration,
     drain: &mut watch::Receiver<bool>,
     meters: Meters<'_>,
@@ -68,13 +104,11 @@ pub async fn relay(
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let (cr, mut cw) = client.split();
-    let (ur, mut uw) = upstream.split();
     let close = {
         let both = async {
             tokio::try_join!(
-                pump(&cr, &mut uw, &up, meters.up, &last, epoch),
-                pump(&ur, &mut cw, &down, meters.down, &last, epoch),
+                pump(client, upstream, &up, meters.up, &last, epoch),
+                pump(upstream, client, &down, meters.down, &last, epoch),
             )
         };
         tokio::select! {
@@ -92,8 +126,8 @@ pub async fn relay(
 
 /// Relays only upstream to caller (the response of a forwarded request), until EOF.
 pub async fn relay_down(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    client: &TcpStream,
+    upstream: &TcpStream,
     idle: Duration,
     drain: &mut watch::Receiver<bool>,
     counter: &Counter,
@@ -101,10 +135,8 @@ pub async fn relay_down(
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let down = AtomicU64::new(0);
-    let (_, mut cw) = client.split();
-    let (ur, _) = upstream.split();
     let close = tokio::select! {
-        r = pump(&ur, &mut cw, &down, counter, &last, epoch) => if r.is_ok() { Close::Eof } else { Close::Error },
+        r = pump(upstream, client, &down, counter, &last, epoch) => if r.is_ok() { Close::Eof } else { Close::Error },
         () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
         _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => Close::Drain,
     };
@@ -115,30 +147,102 @@ fn millis_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Writes all of `data`, waiting for writability as needed.
+pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One direction: `src` to `dst` until `src` sends EOF, then half-close `dst`.
 async fn pump(
-    src: &ReadHalf<'_>,
-    dst: &mut WriteHalf<'_>,
+    src: &TcpStream,
+    dst: &TcpStream,
     total: &AtomicU64,
     counter: &Counter,
     last: &AtomicU64,
     epoch: Instant,
 ) -> io::Result<()> {
-    loop {
+    let account = |n: usize| {
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        counter.inc_by(n as u64);
+        last.store(millis_since(epoch), Ordering::Relaxed);
+    };
+    // Copy mode: small exchanges (requests, handshakes) never pay for a pipe.
+    let bulk = 'copy: loop {
         src.readable().await?;
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+        let mut buf = PooledBuf::take();
         loop {
-            buf.clear();
-            match src.try_read_buf(&mut buf) {
+            buf.0.clear();
+            match src.try_read_buf(&mut buf.0) {
                 Ok(0) => {
-                    // Half-close: the peer will see our EOF; the other direction goes on.
-                    dst.shutdown().await?;
+                    shutdown_write(dst.as_raw_fd())?;
                     return Ok(());
                 }
                 Ok(n) => {
-                    dst.write_all(&buf[..n]).await?;
-                    total.fetch_add(n as u64, Ordering::Relaxed);
-                    counter.inc_by(n as u64);
-                    last.store(millis_since(epoch), Ordering::Relaxed);
+                    write_all(dst, &buf.0[..n]).await?;
+                    account(n);
+                    if n == buf.0.capacity() {
+                        break 'copy true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    debug_assert!(bulk);
+    // Bulk mode: splice through a pipe. If no pipe can be had (fd limit), keep copying.
+    let mut pipe = match Pipe::new() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipe for splice; copying");
+            return copy_rest(src, dst, &account).await;
+        }
+    };
+    loop {
+        src.readable().await?;
+        match src.try_io(Interest::READABLE, || pipe.fill_from(src.as_raw_fd())) {
+            Ok(0) => {
+                shutdown_write(dst.as_raw_fd())?;
+                return Ok(());
+            }
+            Ok(_) => {
+                while pipe.pending > 0 {
+                    dst.writable().await?;
+                    match dst.try_io(Interest::WRITABLE, || pipe.drain_to(dst.as_raw_fd())) {
+                        Ok(n) => account(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn copy_rest(src: &TcpStream, dst: &TcpStream, account: &impl Fn(usize)) -> io::Result<()> {
+    loop {
+        src.readable().await?;
+        let mut buf = PooledBuf::take();
+        loop {
+            buf.0.clear();
+            match src.try_read_buf(&mut buf.0) {
+                Ok(0) => {
+                    shutdown_write(dst.as_raw_fd())?;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    write_all(dst, &buf.0[..n]).await?;
+                    account(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),

@@ -50,7 +50,8 @@ impl OwnSockets {
         self.0.iter().any(|own| {
             own.port() == target.port()
                 && (own.ip() == target.ip()
-                    || (own.ip().is_unspecified() && (target.ip().is_loopback() || target.ip().is_unspecified())))
+                    || (own.ip().is_unspecified()
+                        && (target.ip().is_loopback() || target.ip().is_unspecified())))
         })
     }
 }

@@ -33,7 +33,11 @@ impl Upstream {
         let accepted = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(Mutex::new(Vec::new()));
         let peers = Arc::new(Mutex::new(Vec::new()));
-        let (a, r, p) = (Arc::clone(&accepted), Arc::clone(&received), Arc::clone(&peers));
+        let (a, r, p) = (
+            Arc::clone(&accepted),
+            Arc::clone(&received),
+            Arc::clone(&peers),
+        );
         tokio::spawn(async move {
             while let Ok((conn, peer)) = listener.accept().await {
                 p.lock().expect("lock").push(peer);

@@ -257,6 +257,10 @@ async fn the_gateway_never_dials_itself_even_when_the_policy_would_allow_it() {
     let gw = Gateway::start(policy, "").await;
     for target in [gw.proxy, gw.admin] {
         let (code, reason) = status(&gw, &target.to_string()).await;
-        assert_eq!((code, reason.as_deref()), (403, Some("blocked_address")), "{target}");
+        assert_eq!(
+            (code, reason.as_deref()),
+            (403, Some("blocked_address")),
+            "{target}"
+        );
     }
 }

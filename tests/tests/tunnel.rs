@@ -249,3 +249,44 @@ async fn curl_fetches_through_the_gateway() {
         String::from_utf8_lossy(&denied.stderr)
     );
 }
+
+#[tokio::test]
+async fn bulk_transfers_arrive_intact_in_both_directions() {
+    let dns = DnsServer::start().await;
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    dns.set("bulk.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+    let (s, r) = connect(
+        "127.0.0.6",
+        gw.proxy,
+        &format!("bulk.tunnel.test:{}", echo.addr.port()),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // 8 MiB of a non-repeating pattern: big enough to take the spliced bulk path.
+    let data: Vec<u8> = (0u32..8 * 1024 * 1024 / 4)
+        .flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes())
+        .collect();
+    let (mut rd, mut wr) = s.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(100_003) {
+            wr.write_all(chunk).await.expect("write");
+        }
+        wr.shutdown().await.expect("half-close");
+        wr
+    });
+    let mut got = Vec::with_capacity(data.len());
+    tokio::time::timeout(egress_tests::DEADLINE, rd.read_to_end(&mut got))
+        .await
+        .expect("echo within the deadline")
+        .expect("read");
+    let _wr = writer.await.expect("writer");
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the echoed bytes differ from the sent bytes");
+    let line = gw
+        .wait_audit("the bulk line", |v| v["host"] == "bulk.tunnel.test")
+        .await;
+    assert_eq!(line["bytes_up"], data.len());
+    assert_eq!(line["bytes_down"], data.len());
+}

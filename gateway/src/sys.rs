@@ -1,0 +1,93 @@
+//! The few socket system calls no safe crate offers here: `splice(2)` through a pipe, for
+//! zero-copy relaying of bulk data, and `shutdown(2)` on a shared socket reference.
+//!
+//! Every `unsafe` block is a plain syscall on file descriptors this module owns or borrows for
+//! the duration of the call.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Pipe capacity for spliced tunnels (the kernel default is 64 KiB).
+const PIPE_SIZE: libc::c_int = 256 * 1024;
+
+/// A non-blocking pipe that carries spliced bytes from one socket to another.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// Bytes in the pipe not yet spliced out.
+    pub pending: usize,
+    pub capacity: usize,
+}
+
+impl Pipe {
+    pub fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: F_SETPIPE_SZ on a pipe we own; failure only leaves the default size.
+        let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        let capacity = if size > 0 { size as usize } else { 64 * 1024 };
+        Ok(Pipe {
+            read,
+            write,
+            pending: 0,
+            capacity,
+        })
+    }
+
+    /// Moves up to the pipe's free space from `socket` into the pipe. `Ok(0)` is EOF.
+    pub fn fill_from(&mut self, socket: RawFd) -> io::Result<usize> {
+        let want = self.capacity - self.pending;
+        let n = splice(socket, self.write.as_raw_fd(), want)?;
+        self.pending += n;
+        Ok(n)
+    }
+
+    /// Moves pending bytes from the pipe into `socket`.
+    pub fn drain_to(&mut self, socket: RawFd) -> io::Result<usize> {
+        let n = splice(self.read.as_raw_fd(), socket, self.pending)?;
+        self.pending -= n;
+        Ok(n)
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are open for the duration of the call (borrowed from live
+    // sockets and an owned pipe); null offsets are required for sockets and pipes.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Shuts down the sending side of a socket (half-close) through a shared reference.
+pub fn shutdown_write(socket: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown on a descriptor borrowed from a live socket.
+    let rc = unsafe { libc::shutdown(socket, libc::SHUT_WR) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        // Already disconnected: nothing left to half-close.
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
