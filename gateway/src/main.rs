@@ -167,6 +167,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_INVALID);
                 }
             };
+            // A policy file that cannot be loaded at start is a usage error, like a bad config:
+            // refuse before binding anything.
+            if let Some(path) = &cfg.policy_path {
+                if let Err(e) = load_policy(path) {
+                    eprintln!("egress-gateway: invalid policy: {e:#}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            }
             init_logging(&cfg);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -282,6 +290,11 @@ fn init_logging(cfg: &GatewayConfig) {
 }
 
 async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Signal handlers first: from here on no signal can take its default action (exit).
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let metrics = Arc::new(metrics::Metrics::new());
     let policy = policy_store::PolicyStore::open(cfg.policy_path.clone(), Arc::clone(&metrics))?;
     let dns = dns::Dns::new(
@@ -332,7 +345,7 @@ async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
             readiness: Arc::clone(&readiness),
         }),
     ));
-    tokio::spawn(Arc::clone(&policy).watch(Duration::from_secs(10)));
+    tokio::spawn(Arc::clone(&policy).watch(Duration::from_secs(10), hup));
     let status = policy.status();
     for (l, listener) in bound {
         let address = listener.local_addr()?;
@@ -354,7 +367,10 @@ async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
     );
     readiness.set(true);
 
-    wait_for_termination().await?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
     readiness.set(false);
     let _ = stop_tx.send(true);
     let active = gateway.conns.active();
@@ -372,16 +388,5 @@ async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
     }
     gateway.audit.flush();
     tracing::info!("stopped");
-    Ok(())
-}
-
-async fn wait_for_termination() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
-    }
     Ok(())
 }

@@ -207,8 +207,13 @@ impl PolicyStore {
 
     /// Watches the policy's directory and reloads on change, on SIGHUP, and every `poll`.
     /// Runs until the process ends.
-    pub async fn watch(self: Arc<Self>, poll: Duration) {
+    /// `hup` is registered by the caller before it reports ready, so an early SIGHUP can never
+    /// fall back to the default action (exit).
+    pub async fn watch(self: Arc<Self>, poll: Duration, mut hup: tokio::signal::unix::Signal) {
         let Some(path) = self.path.clone() else {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: no policy file is configured; nothing to reload");
+            }
             return;
         };
         let dir = match path.parent() {
@@ -238,13 +243,6 @@ impl PolicyStore {
                 None
             }
         };
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP");
-                None
-            }
-        };
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -254,7 +252,7 @@ impl PolicyStore {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     while rx.try_recv().is_ok() {}
                 }
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                Some(()) = hup.recv() => {
                     tracing::info!("SIGHUP: reloading policy");
                 }
                 _ = ticker.tick() => {}

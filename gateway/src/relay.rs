@@ -206,25 +206,54 @@ async fn pump(
             return copy_rest(src, dst, &account).await;
         }
     };
+    // Fill and drain overlap: the pipe takes more from `src` while `dst` is still absorbing
+    // what it holds, so neither socket waits for the other.
+    let mut eof = false;
+    let mut spins = 0u32;
     loop {
-        src.readable().await?;
-        match src.try_io(Interest::READABLE, || pipe.fill_from(src.as_raw_fd())) {
-            Ok(0) => {
-                shutdown_write(dst.as_raw_fd())?;
-                return Ok(());
+        let mut progressed = false;
+        // Take all that is there (up to the pipe's size), then pass all of it on: large,
+        // infrequent transfers wake the peers less often than many small ones.
+        while !eof && pipe.pending < pipe.capacity {
+            match src.try_io(Interest::READABLE, || pipe.fill_from(src.as_raw_fd())) {
+                Ok(0) => eof = true,
+                Ok(_) => progressed = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
-            Ok(_) => {
-                while pipe.pending > 0 {
-                    dst.writable().await?;
-                    match dst.try_io(Interest::WRITABLE, || pipe.drain_to(dst.as_raw_fd())) {
-                        Ok(n) => account(n),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
+        }
+        while pipe.pending > 0 {
+            match dst.try_io(Interest::WRITABLE, || pipe.drain_to(dst.as_raw_fd())) {
+                Ok(n) => {
+                    account(n);
+                    progressed = true;
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        }
+        if eof && pipe.pending == 0 {
+            shutdown_write(dst.as_raw_fd())?;
+            return Ok(());
+        }
+        if progressed {
+            // Stay fair to the other tasks on this worker (and to the opposite direction).
+            spins += 1;
+            if spins % 32 == 0 {
+                tokio::task::yield_now().await;
+            }
+            continue;
+        }
+        let can_fill = !eof && pipe.pending < pipe.capacity;
+        if can_fill && pipe.pending > 0 {
+            tokio::select! {
+                r = src.readable() => r?,
+                w = dst.writable() => w?,
+            }
+        } else if can_fill {
+            src.readable().await?;
+        } else {
+            dst.writable().await?;
         }
     }
 }

@@ -58,6 +58,30 @@ impl Upstream {
         self.accepted.load(Ordering::SeqCst)
     }
 
+    /// Waits until `n` connections were accepted (the gateway's connect completes before this
+    /// server's accept loop counts it), then checks there were no more.
+    pub async fn expect_accepted(&self, n: usize) {
+        crate::eventually(&format!("{n} accepted connections"), || {
+            (self.accepted() >= n).then_some(())
+        })
+        .await;
+        assert_eq!(
+            self.accepted(),
+            n,
+            "more connections than expected reached the upstream"
+        );
+    }
+
+    /// Checks that no connection arrived, after giving a stray one time to be counted.
+    pub async fn expect_no_connection(&self) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            self.accepted(),
+            0,
+            "a connection reached an upstream it must never reach"
+        );
+    }
+
     /// Source addresses of the connections accepted so far.
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.peers.lock().expect("lock").clone()

@@ -274,3 +274,23 @@ fn the_examples_in_the_readme_are_valid() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn run_refuses_an_invalid_policy_at_start() {
+    let dir = temp_dir("badpolicy");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, "version: 1\nrules: 5\n").expect("write");
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!("listeners:\n  - {{name: p, kind: connect, address: \"127.0.0.1:0\"}}\nadmin: {{address: \"127.0.0.1:0\"}}\npolicy: {{path: {}}}\n", policy.display()),
+    )
+    .expect("write");
+    let out = run(&["run", "--config", cfg.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("policy.yaml:2:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -190,3 +190,43 @@ async fn tunnels_still_open_when_the_drain_period_ends_are_closed() {
         .await;
     assert_eq!(line["close"], "drain");
 }
+
+#[tokio::test]
+async fn sighup_without_a_policy_file_does_not_stop_the_gateway() {
+    let dir = egress_tests::gateway::temp_dir("nopolicy");
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(&cfg, "listeners:\n  - {name: p, kind: connect, address: \"127.0.0.1:0\"}\nadmin: {address: \"127.0.0.1:0\"}\n").expect("write");
+    let mut child = std::process::Command::new(egress_tests::gateway::binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let started = rx.iter().take(20).any(|l| l.contains("policy loaded"));
+    assert!(started, "the gateway did not start");
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "SIGHUP stopped the gateway"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

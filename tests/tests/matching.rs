@@ -91,7 +91,7 @@ async fn host_names_match_by_case_trailing_dot_punycode_and_whole_labels() {
     assert_eq!(code, 407);
     let (code, _) = status(&gw, &format!("[::1]:{p}")).await;
     assert_eq!(code, 407);
-    assert_eq!(echo.accepted(), 8);
+    echo.expect_accepted(8).await;
 }
 
 const GUARD_POLICY: &str = r#"version: 1
@@ -164,7 +164,7 @@ async fn the_address_guard_refuses_special_addresses_in_every_spelling() {
         let (code, _) = status(&gw, &format!("{literal}:{p}")).await;
         assert!(code == 403 || code == 407, "{literal}: {code}");
     }
-    assert_eq!(echo.accepted(), 0);
+    echo.expect_no_connection().await;
 }
 
 #[tokio::test]
@@ -185,8 +185,8 @@ async fn only_the_allowed_answers_of_a_mixed_resolution_are_dialed() {
     .await;
     let (code, _) = status(&gw, &format!("mixed.guard.test:{port}")).await;
     assert_eq!(code, 200);
-    assert_eq!(blocked.accepted(), 0, "a blocked answer was dialed");
-    assert_eq!(allowed.accepted(), 1);
+    allowed.expect_accepted(1).await;
+    blocked.expect_no_connection().await;
     let line = gw
         .wait_audit("audit", |v| v["host"] == "mixed.guard.test")
         .await;
@@ -214,8 +214,8 @@ async fn allow_private_addresses_and_cidr_rules_are_the_exceptions() {
     assert_eq!(status(&gw, &format!("ten.guard.test:{port}")).await.0, 200);
     // Other loopback literals stay out of reach.
     assert_eq!(status(&gw, &format!("127.0.0.1:{port}")).await.0, 407);
-    assert_eq!(echo.accepted(), 1);
-    assert_eq!(ten.accepted(), 2);
+    echo.expect_accepted(1).await;
+    ten.expect_accepted(2).await;
 }
 
 #[tokio::test]
@@ -248,7 +248,7 @@ rules:
     .await;
     let (code, reason) = status(&gw, &format!("sneaky.guard.test:{}", echo.addr.port())).await;
     assert_eq!((code, reason.as_deref()), (403, Some("denied_by_rule")));
-    assert_eq!(echo.accepted(), 0);
+    echo.expect_no_connection().await;
 }
 
 #[tokio::test]

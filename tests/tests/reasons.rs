@@ -159,11 +159,7 @@ async fn policy_refusals_have_their_codes_and_never_reach_the_upstream() {
     )
     .await;
 
-    assert_eq!(
-        echo.accepted(),
-        0,
-        "the upstream saw a connection for a denied request"
-    );
+    echo.expect_no_connection().await;
     // Policy refusals happen before DNS: only private.test was ever looked up.
     assert!(
         dns.names().iter().all(|n| n == "private.test"),
@@ -190,7 +186,7 @@ async fn numeric_ip_spellings_are_refused_before_any_dns_lookup() {
         assert_eq!(r.proxy_status_error().as_deref(), Some("bad_request"));
     }
     assert_eq!(dns.queries(), 0, "a numeric spelling reached the resolver");
-    assert_eq!(echo.accepted(), 0);
+    echo.expect_no_connection().await;
 }
 
 #[tokio::test]
@@ -320,7 +316,7 @@ async fn slow_and_oversized_heads_are_cut_off() {
         },
     )
     .await;
-    assert_eq!(echo.accepted(), 0);
+    echo.expect_no_connection().await;
 }
 
 #[tokio::test]
@@ -347,11 +343,7 @@ async fn pipelined_request_after_a_denied_connect_is_never_processed() {
     gw.wait_audit("the denial", |v| v["reason"] == "denied_by_rule")
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        echo.accepted(),
-        0,
-        "the pipelined request reached the upstream"
-    );
+    echo.expect_no_connection().await;
     assert_eq!(
         gw.audit().len(),
         1,
@@ -378,5 +370,5 @@ async fn max_connections_answers_503() {
         },
     )
     .await;
-    assert_eq!(echo.accepted(), 1);
+    echo.expect_accepted(1).await;
 }
