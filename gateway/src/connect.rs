@@ -136,6 +136,8 @@ pub async fn serve(
 
 async fn handle(ctx: Arc<ConnectListener>, mut client: TcpStream, peer: SocketAddr) {
     let gw = &ctx.gateway;
+    // Small writes (the 200, interactive tunnel traffic) go out at once.
+    let _ = client.set_nodelay(true);
     let mut audit = AuditRecord::new(&ctx.name, peer);
     let active = gw.conns.enter(&ctx.metrics);
     let result = match active {

@@ -147,6 +147,24 @@ fn millis_since(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// One read into `buf`'s spare capacity. A short read means the socket had nothing more: the
+/// readiness is cleared then (as tokio's own `poll_read` does), so the next wait is for new data.
+fn read_some(src: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut got = None;
+    let r = src.try_io(Interest::READABLE, || {
+        let n = src.try_read_buf(buf)?;
+        if n > 0 && buf.len() < buf.capacity() {
+            got = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (r, got) {
+        (_, Some(n)) => Ok(n),
+        (r, None) => r,
+    }
+}
+
 /// Writes all of `data`, waiting for writability as needed.
 pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
@@ -180,7 +198,7 @@ async fn pump(
         let mut buf = PooledBuf::take();
         loop {
             buf.0.clear();
-            match src.try_read_buf(&mut buf.0) {
+            match read_some(src, &mut buf.0) {
                 Ok(0) => {
                     shutdown_write(dst.as_raw_fd())?;
                     return Ok(());
@@ -191,6 +209,9 @@ async fn pump(
                     if n == buf.0.capacity() {
                         break 'copy true;
                     }
+                    // A short read drained the socket: wait for the next edge rather than
+                    // paying a syscall to hear EAGAIN.
+                    break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
