@@ -142,6 +142,8 @@ mod tests {
             "64:ff9b:1::1",
             "2002:a9fe:a9fe::",
             "2001::5601:5601",
+            // Teredo with a public server field: the bit-inverted client field is 169.254.169.254.
+            "2001:0:5db8:d822::5601:5601",
             "fd00:ec2::254",
             "fe80::1",
             "fec0::1",

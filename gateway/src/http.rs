@@ -517,6 +517,7 @@ mod tests {
             "example.com:+80",
             "user@example.com:443",
             "[fe80::1%25eth0]:443",
+            "[example.com]:443",
             "::1:443",
             "2130706433:443",
             "0x7f.1:443",

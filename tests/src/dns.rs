@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, UdpSocket};
 #[derive(Default)]
 struct State {
     records: Mutex<HashMap<String, Vec<IpAddr>>>,
+    /// Names whose A answer changes with every A query: the answers in turn.
+    rotations: Mutex<HashMap<String, (Vec<IpAddr>, usize)>>,
     queries: AtomicUsize,
     names: Mutex<Vec<String>>,
 }
@@ -88,6 +90,20 @@ impl DnsServer {
             .insert(name.to_owned(), ips);
     }
 
+    /// Makes `name` answer each A query with the next address of `ips`, in turn, TTL 0: the
+    /// shape of a DNS-rebinding attack.
+    pub fn set_rotation(&self, name: &str, ips: &[&str]) {
+        let ips = ips
+            .iter()
+            .map(|i| i.parse().expect("test address"))
+            .collect();
+        self.state
+            .rotations
+            .lock()
+            .expect("lock")
+            .insert(name.to_owned(), (ips, 0));
+    }
+
     pub fn queries(&self) -> usize {
         self.state.queries.load(Ordering::SeqCst)
     }
@@ -117,8 +133,17 @@ fn answer(state: &State, query: &[u8]) -> Option<Vec<u8>> {
             .trim_end_matches('.')
             .to_ascii_lowercase();
         state.names.lock().expect("lock").push(name.clone());
+        let mut rotations = state.rotations.lock().expect("lock");
+        let rotated = rotations.get_mut(&name).map(|(ips, next)| {
+            let ip = ips[*next % ips.len()];
+            if q.query_type() == RecordType::A {
+                *next += 1;
+            }
+            vec![ip]
+        });
+        drop(rotations);
         let records = state.records.lock().expect("lock");
-        if let Some(ips) = records.get(&name) {
+        if let Some(ips) = rotated.as_ref().or_else(|| records.get(&name)) {
             found = true;
             for ip in ips {
                 let rdata = match (ip, q.query_type()) {

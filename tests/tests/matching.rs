@@ -264,3 +264,39 @@ async fn the_gateway_never_dials_itself_even_when_the_policy_would_allow_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_rebinding_name_is_dialed_only_at_the_addresses_that_passed_the_check() {
+    let dns = DnsServer::start().await;
+    let blocked = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let port = blocked.addr.port();
+    let allowed = Upstream::start(&format!("127.0.0.7:{port}"), Behaviour::Echo).await;
+    // TTL 0, and every query flips between an allowed and a blocked address.
+    dns.set_rotation("rebind.guard.test", &["127.0.0.7", "127.0.0.1"]);
+    let gw = Gateway::start(
+        GUARD_POLICY,
+        &format!(
+            "dns:\n  nameservers: [\"{}\"]\naddressGuard:\n  allowed: [127.0.0.7/32]\n",
+            dns.addr
+        ),
+    )
+    .await;
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..10 {
+        let (code, reason) = status(&gw, &format!("rebind.guard.test:{port}")).await;
+        match code {
+            200 => ok += 1,
+            403 => {
+                assert_eq!(reason.as_deref(), Some("blocked_address"));
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        ok >= 1 && refused >= 1,
+        "the answers did not alternate: {ok} allowed, {refused} refused"
+    );
+    allowed.expect_accepted(ok).await;
+    blocked.expect_no_connection().await;
+}
