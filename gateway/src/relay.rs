@@ -193,32 +193,26 @@ async fn pump(
         last.store(millis_since(epoch), Ordering::Relaxed);
     };
     // Copy mode: small exchanges (requests, handshakes) never pay for a pipe.
-    let bulk = 'copy: loop {
+    loop {
         src.readable().await?;
         let mut buf = PooledBuf::take();
-        loop {
-            buf.0.clear();
-            match read_some(src, &mut buf.0) {
-                Ok(0) => {
-                    shutdown_write(dst.as_raw_fd())?;
-                    return Ok(());
-                }
-                Ok(n) => {
-                    write_all(dst, &buf.0[..n]).await?;
-                    account(n);
-                    if n == buf.0.capacity() {
-                        break 'copy true;
-                    }
-                    // A short read drained the socket: wait for the next edge rather than
-                    // paying a syscall to hear EAGAIN.
+        match read_some(src, &mut buf.0) {
+            Ok(0) => {
+                shutdown_write(dst.as_raw_fd())?;
+                return Ok(());
+            }
+            Ok(n) => {
+                write_all(dst, &buf.0[..n]).await?;
+                account(n);
+                if n == buf.0.capacity() {
+                    // A full read: bulk data is flowing.
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
-    };
-    debug_assert!(bulk);
+    }
     // Bulk mode: splice through a pipe. If no pipe can be had (fd limit), keep copying.
     let mut pipe = match Pipe::new() {
         Ok(p) => p,
@@ -227,8 +221,8 @@ async fn pump(
             return copy_rest(src, dst, &account).await;
         }
     };
-    // Fill and drain overlap: the pipe takes more from `src` while `dst` is still absorbing
-    // what it holds, so neither socket waits for the other.
+    // Neither side waits for the other: when `dst` is full, the pipe keeps taking from `src`
+    // (up to its size), and when `src` is empty, the pipe keeps draining into `dst`.
     let mut eof = false;
     let mut spins = 0u32;
     loop {
