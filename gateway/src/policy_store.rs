@@ -84,6 +84,18 @@ pub enum Reloaded {
     Unchanged,
 }
 
+/// Whether a change in the policy's directory can concern the policy: the file itself, or the
+/// `..data` symlink and timestamped `..` directories a kubelet swaps. Other files that share the
+/// directory (logs, say) do not trigger a reload.
+fn concerns_policy(event: &notify::Event, file_name: Option<&std::ffi::OsStr>) -> bool {
+    event.need_rescan()
+        || event.paths.is_empty()
+        || event.paths.iter().any(|p| match p.file_name() {
+            Some(name) => Some(name) == file_name || name.as_encoded_bytes().starts_with(b".."),
+            None => true,
+        })
+}
+
 impl PolicyStore {
     /// Loads the initial policy: the file at `path` (which must be valid), or deny-all.
     pub fn open(path: Option<PathBuf>, metrics: Arc<Metrics>) -> Result<Arc<Self>, LoadError> {
@@ -223,8 +235,14 @@ impl PolicyStore {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let watcher = {
             let tx = tx.clone();
+            let file_name = path.file_name().map(|n| n.to_os_string());
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if res.is_ok() {
+                let relevant = match &res {
+                    Ok(event) => concerns_policy(event, file_name.as_deref()),
+                    // A watcher error (e.g. queue overflow): check the file to be safe.
+                    Err(_) => true,
+                };
+                if relevant {
                     // A full channel already means "reload pending".
                     let _ = tx.try_send(());
                 }
@@ -259,5 +277,43 @@ impl PolicyStore {
             }
             self.reload_async().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(path: &str) -> notify::Event {
+        notify::Event::new(notify::EventKind::Any).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn only_changes_that_can_concern_the_policy_trigger_a_reload() {
+        let name = std::ffi::OsStr::new("policy.yaml");
+        assert!(concerns_policy(
+            &event("/etc/egress/policy/policy.yaml"),
+            Some(name)
+        ));
+        assert!(concerns_policy(
+            &event("/etc/egress/policy/..data"),
+            Some(name)
+        ));
+        assert!(concerns_policy(
+            &event("/etc/egress/policy/..2026_11_29_01_02_03.123"),
+            Some(name)
+        ));
+        assert!(concerns_policy(
+            &event("/etc/egress/policy/..data_tmp"),
+            Some(name)
+        ));
+        assert!(!concerns_policy(
+            &event("/etc/egress/policy/gateway.log"),
+            Some(name)
+        ));
+        assert!(!concerns_policy(
+            &event("/etc/egress/policy/other.yaml"),
+            Some(name)
+        ));
     }
 }
