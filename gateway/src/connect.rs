@@ -322,6 +322,37 @@ fn record_decision(gw: &Gateway, audit: &mut AuditRecord, decision: &egress_poli
     }
 }
 
+/// Where a forwarded request's body ends, tracked as its bytes stream through.
+enum BodyFraming {
+    Length(u64),
+    Chunked(ChunkedScanner),
+}
+
+impl BodyFraming {
+    fn new(body: Body) -> Self {
+        match body {
+            Body::Length(n) => BodyFraming::Length(n),
+            Body::Chunked => BodyFraming::Chunked(ChunkedScanner::default()),
+        }
+    }
+
+    /// How many bytes of `data` belong to the body, and whether the body is then complete.
+    fn take(&mut self, data: &[u8]) -> std::io::Result<(usize, bool)> {
+        match self {
+            BodyFraming::Length(left) => {
+                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+                *left -= take as u64;
+                Ok((take, *left == 0))
+            }
+            BodyFraming::Chunked(scanner) => match scanner.feed(data) {
+                Ok(Some(end)) => Ok((end, true)),
+                Ok(None) => Ok((data.len(), false)),
+                Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            },
+        }
+    }
+}
+
 /// Sends a forwarded request: the rewritten head, then exactly its body. Bytes after the body
 /// are not forwarded: one request per client connection.
 async fn forward_request(
@@ -334,50 +365,24 @@ async fn forward_request(
 ) -> std::io::Result<u64> {
     upstream.write_all(head).await?;
     let mut sent = head.len() as u64;
-    let mut pending = leftover;
+    let mut framing = BodyFraming::new(body);
     let mut buf = vec![0u8; 16 * 1024];
-    match body {
-        Body::Length(mut left) => loop {
-            let take = usize::try_from(left)
-                .unwrap_or(usize::MAX)
-                .min(pending.len());
-            upstream.write_all(&pending[..take]).await?;
-            sent += take as u64;
-            left -= take as u64;
-            if left == 0 {
-                break;
-            }
-            let n = client.read(&mut buf).await?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "request body cut short",
-                ));
-            }
-            pending = buf[..n].to_vec();
-        },
-        Body::Chunked => {
-            let mut scanner = ChunkedScanner::default();
-            loop {
-                let end = scanner
-                    .feed(&pending)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                let take = end.unwrap_or(pending.len());
-                upstream.write_all(&pending[..take]).await?;
-                sent += take as u64;
-                if end.is_some() {
-                    break;
-                }
-                let n = client.read(&mut buf).await?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "request body cut short",
-                    ));
-                }
-                pending = buf[..n].to_vec();
-            }
+    let mut chunk: &[u8] = &leftover;
+    loop {
+        let (take, done) = framing.take(chunk)?;
+        upstream.write_all(&chunk[..take]).await?;
+        sent += take as u64;
+        if done {
+            break;
         }
+        let n = client.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "request body cut short",
+            ));
+        }
+        chunk = &buf[..n];
     }
     metrics.bytes_up.inc_by(sent);
     Ok(sent)

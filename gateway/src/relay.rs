@@ -193,32 +193,15 @@ async fn pump(
         last.store(millis_since(epoch), Ordering::Relaxed);
     };
     // Copy mode: small exchanges (requests, handshakes) never pay for a pipe.
-    loop {
-        src.readable().await?;
-        let mut buf = PooledBuf::take();
-        match read_some(src, &mut buf.0) {
-            Ok(0) => {
-                shutdown_write(dst.as_raw_fd())?;
-                return Ok(());
-            }
-            Ok(n) => {
-                write_all(dst, &buf.0[..n]).await?;
-                account(n);
-                if n == buf.0.capacity() {
-                    // A full read: bulk data is flowing.
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
+    if copy(src, dst, &account, true).await? == Copied::Eof {
+        return Ok(());
     }
     // Bulk mode: splice through a pipe. If no pipe can be had (fd limit), keep copying.
     let mut pipe = match Pipe::new() {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "no pipe for splice; copying");
-            return copy_rest(src, dst, &account).await;
+            return copy(src, dst, &account, false).await.map(|_| ());
         }
     };
     // Neither side waits for the other: when `dst` is full, the pipe keeps taking from `src`
@@ -273,24 +256,39 @@ async fn pump(
     }
 }
 
-async fn copy_rest(src: &TcpStream, dst: &TcpStream, account: &impl Fn(usize)) -> io::Result<()> {
+/// How a copy loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Copied {
+    /// `src` sent EOF, and `dst` was half-closed.
+    Eof,
+    /// A read filled a whole buffer (only when asked to stop there): bulk data is flowing.
+    Bulk,
+}
+
+/// Copies through pooled buffers until EOF, or until the first full read if `stop_on_bulk`.
+async fn copy(
+    src: &TcpStream,
+    dst: &TcpStream,
+    account: &impl Fn(usize),
+    stop_on_bulk: bool,
+) -> io::Result<Copied> {
     loop {
         src.readable().await?;
         let mut buf = PooledBuf::take();
-        loop {
-            buf.0.clear();
-            match src.try_read_buf(&mut buf.0) {
-                Ok(0) => {
-                    shutdown_write(dst.as_raw_fd())?;
-                    return Ok(());
-                }
-                Ok(n) => {
-                    write_all(dst, &buf.0[..n]).await?;
-                    account(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+        match read_some(src, &mut buf.0) {
+            Ok(0) => {
+                shutdown_write(dst.as_raw_fd())?;
+                return Ok(Copied::Eof);
             }
+            Ok(n) => {
+                write_all(dst, &buf.0[..n]).await?;
+                account(n);
+                if stop_on_bulk && n == buf.0.capacity() {
+                    return Ok(Copied::Bulk);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
     }
 }

@@ -17,6 +17,8 @@ pub enum Behaviour {
     GreetThenHalfClose,
     /// Record one HTTP request head and answer `200` with body `ok`, then close.
     Http,
+    /// Record everything that arrives until 300 ms of silence, then answer `200` `ok` and close.
+    HttpSlurp,
 }
 
 pub struct Upstream {
@@ -119,6 +121,19 @@ async fn serve(mut conn: TcpStream, behaviour: Behaviour, received: Arc<Mutex<Ve
                 }
                 received.lock().expect("lock").extend_from_slice(&buf[..n]);
             }
+        }
+        Behaviour::HttpSlurp => {
+            let quiet = std::time::Duration::from_millis(300);
+            while let Ok(Ok(n)) = tokio::time::timeout(quiet, conn.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+                received.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .await;
+            let _ = conn.shutdown().await;
         }
         Behaviour::Http => {
             let mut head = Vec::new();

@@ -296,3 +296,39 @@ async fn bulk_transfers_arrive_intact_in_both_directions() {
     assert_eq!(line["bytes_up"], data.len());
     assert_eq!(line["bytes_down"], data.len());
 }
+
+#[tokio::test]
+async fn forwarded_request_bodies_end_where_their_framing_says() {
+    let dns = DnsServer::start().await;
+    dns.set("body.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+    for (framing, body) in [
+        ("Content-Length: 11", "hello world".to_owned()),
+        (
+            "Transfer-Encoding: chunked",
+            "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n".to_owned(),
+        ),
+    ] {
+        let http = Upstream::start("127.0.0.1:0", Behaviour::HttpSlurp).await;
+        let port = http.addr.port();
+        let mut s = client::connect_from("127.0.0.5", gw.proxy).await;
+        let head = format!("POST http://body.tunnel.test:{port}/up HTTP/1.1\r\nHost: body.tunnel.test\r\n{framing}\r\n\r\n");
+        // The body arrives in two writes, followed by a smuggling attempt that must go nowhere.
+        s.write_all(head.as_bytes()).await.expect("head");
+        let (a, b) = body.split_at(body.len() / 2);
+        s.write_all(a.as_bytes()).await.expect("body part 1");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        s.write_all(format!("{b}GET http://other.test/ HTTP/1.1\r\n\r\n").as_bytes())
+            .await
+            .expect("body part 2");
+        let reply = read_to_end(&mut s).await;
+        assert!(
+            reply.starts_with(b"HTTP/1.1 200 OK"),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        let seen = String::from_utf8(http.received()).expect("ascii");
+        let expected = format!("POST /up HTTP/1.1\r\nHost: body.tunnel.test:{port}\r\n{framing}\r\nConnection: close\r\n\r\n{body}");
+        assert_eq!(seen, expected, "{framing}");
+    }
+}
