@@ -173,3 +173,37 @@ fn messages_are_one_line_each() {
     }
     eprintln!("{e}");
 }
+
+#[test]
+fn an_alias_bomb_is_refused_quickly() {
+    let mut yaml = String::from("version: 1\nx0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    for i in 1..10 {
+        let prev = i - 1;
+        yaml.push_str(&format!("x{i}: &a{i} [*a{prev},*a{prev},*a{prev},*a{prev},*a{prev},*a{prev},*a{prev},*a{prev},*a{prev}]\n"));
+    }
+    let started = std::time::Instant::now();
+    assert!(Policy::from_yaml(&yaml, "bomb.yaml").is_err());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+        let _ = Policy::from_yaml(&text, "fuzz.yaml");
+    }
+
+    #[test]
+    fn policy_shaped_text_never_panics(
+        host in "[a-z*.\\[\\]:0-9-]{0,20}",
+        cidr in "[0-9a-f:./]{0,20}",
+        port in "[0-9*\"-]{0,8}",
+        spiffe in "[a-zA-Z:/*.%-]{0,30}",
+    ) {
+        let yaml = format!("version: 1\nrules:\n  - name: r\n    action: allow\n    from:\n      - spiffe: \"{spiffe}\"\n      - cidr: \"{cidr}\"\n    to:\n      - host: \"{host}\"\n        ports: [{port}]\n");
+        let _ = Policy::from_yaml(&yaml, "fuzz.yaml");
+    }
+}
