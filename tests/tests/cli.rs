@@ -294,3 +294,57 @@ fn run_refuses_an_invalid_policy_at_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Starts `run` without `--config` in `dir`, with the ports moved to ephemeral ones through the
+/// environment overrides, and returns the "policy loaded" log line.
+fn run_embedded_default(dir: &std::path::Path) -> serde_json::Value {
+    use std::io::BufRead;
+    let mut child = Command::new(binary())
+        .arg("run")
+        .current_dir(dir)
+        .env("EGRESS_GATEWAY__LISTENERS__0__ADDRESS", "127.0.0.1:0")
+        .env("EGRESS_GATEWAY__ADMIN__ADDRESS", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut found = None;
+    let mut listening = false;
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .take(20)
+    {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "listening"
+            && v["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:"))
+        {
+            listening = true;
+        }
+        if v["message"] == "policy loaded" {
+            found = Some(v);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "the embedded default listens on 127.0.0.1");
+    found.expect("the gateway says which policy it loaded")
+}
+
+#[test]
+fn run_without_config_uses_the_embedded_default_and_local_policy_yaml() {
+    let empty = temp_dir("embedded-empty");
+    let line = run_embedded_default(&empty);
+    assert_eq!(line["path"], "<none: deny-all>");
+    assert_eq!(line["rules"], 0);
+
+    let with_policy = temp_dir("embedded-policy");
+    std::fs::write(with_policy.join("policy.yaml"), POLICY).expect("write policy");
+    let line = run_embedded_default(&with_policy);
+    assert_eq!(line["path"], "policy.yaml");
+    assert_eq!(line["rules"], 3);
+}
