@@ -61,6 +61,9 @@ enum Command {
     /// Validate a gateway configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Print the version.
     Version,
 }
@@ -77,6 +80,21 @@ enum PolicyCommand {
 enum ConfigCommand {
     /// Exit 0 when FILE is a valid gateway.yaml (and its policy file, if any, is valid).
     Validate { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a development CA (ca.crt, ca.key), a gateway certificate (gateway.crt, gateway.key)
+    /// and, per --workload, a client SVID (<last segment>.crt/.key). Not for production.
+    Dev {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// A SPIFFE ID to issue a workload certificate for (repeatable).
+        #[arg(long)]
+        workload: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -136,6 +154,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Policy(PolicyCommand::Check(args)) => check(args),
+        Command::Certs(CertsCommand::Dev {
+            out,
+            trust_domain,
+            workload,
+        }) => certs_dev(&out, &trust_domain, &workload),
         Command::Config(ConfigCommand::Validate { file }) => {
             match GatewayConfig::load(&file)
                 .map_err(anyhow::Error::from)
@@ -194,6 +217,36 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn certs_dev(out: &Path, trust_domain: &str, workloads: &[String]) -> ExitCode {
+    use egress_certs::spiffe::SpiffeId;
+    if let Err(e) = format!("spiffe://{trust_domain}").parse::<SpiffeId>() {
+        eprintln!("egress-gateway certs dev: --trust-domain {trust_domain:?}: {e}");
+        return ExitCode::from(EXIT_INVALID);
+    }
+    let mut ids = Vec::new();
+    for w in workloads {
+        match w.parse::<SpiffeId>() {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                eprintln!("egress-gateway certs dev: --workload {w:?}: {e}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        }
+    }
+    match egress_certs::dev::issue(out, trust_domain, &ids) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("egress-gateway certs dev: {e}");
+            ExitCode::FAILURE
         }
     }
 }
