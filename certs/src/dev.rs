@@ -67,9 +67,14 @@ pub fn issue(
 
     let ca_key = KeyPair::generate().map_err(issue_err("the CA key"))?;
     let mut ca = CertificateParams::default();
+    // A distinct name per CA: two dev CAs with one name would make each other's certificates
+    // fail as bad signatures instead of as unknown issuers.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     ca.distinguished_name.push(
         DnType::CommonName,
-        format!("egress-gateway dev CA ({trust_domain})"),
+        format!("egress-gateway dev CA ({trust_domain}) {stamp:x}"),
     );
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![

@@ -106,13 +106,29 @@ struct RawListener {
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
-    client_ca: PathBuf,
+    client_ca: OneOrMany,
     #[serde(default = "default_client_auth")]
-    client_auth: String,
+    client_auth: ClientAuthMode,
 }
 
-fn default_client_auth() -> String {
-    "required".into()
+/// One path, or a list of paths.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+/// `tls.clientAuth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    Required,
+    Optional,
+}
+
+fn default_client_auth() -> ClientAuthMode {
+    ClientAuthMode::Required
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -327,12 +343,23 @@ fn default_drain() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
+/// The TLS side of a `connect` listener: the gateway's certificate and the trust bundles that
+/// client certificates must chain to.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Vec<PathBuf>,
+    pub client_auth: ClientAuthMode,
+}
+
 /// One listener of the gateway.
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
     pub name: String,
     pub kind: ListenerKind,
     pub address: SocketAddr,
+    pub tls: Option<TlsConfig>,
 }
 
 /// A workload outside Kubernetes, known by its source range.
@@ -503,12 +530,27 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
                 l.kind.as_str()
             )));
         }
-        if l.tls.is_some() {
-            return Err(invalid(format!(
-                "listener {:?}: 'tls' (the mTLS proxy listener) is not available in this build",
-                l.name
-            )));
-        }
+        let tls = match l.tls {
+            None => None,
+            Some(t) => {
+                let client_ca = match t.client_ca {
+                    OneOrMany::One(p) => vec![p],
+                    OneOrMany::Many(v) => v,
+                };
+                if client_ca.is_empty() {
+                    return Err(invalid(format!(
+                        "listener {:?}: tls.clientCa needs at least one trust bundle",
+                        l.name
+                    )));
+                }
+                Some(TlsConfig {
+                    cert: t.cert,
+                    key: t.key,
+                    client_ca,
+                    client_auth: t.client_auth,
+                })
+            }
+        };
         if l.upstream_port.is_some() {
             return Err(invalid(format!(
                 "listener {:?}: upstreamPort applies only to 'sni' listeners",
@@ -519,6 +561,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
             name: l.name,
             kind: l.kind,
             address: l.address,
+            tls,
         });
     }
     if raw.identity.kubernetes.enabled {

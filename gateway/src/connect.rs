@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use egress_policy::{Action, Verdict};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use egress_policy::{Action, Identity, IdentitySource, Verdict};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ use crate::identity::StaticIdentities;
 use crate::metrics::{ListenerMetrics, Metrics, RuleLabels};
 use crate::policy_store::PolicyStore;
 use crate::reason::{Reason, Reject};
-use crate::relay::{self, Close, Meters};
+use crate::relay::{Caller, Close, Meters};
 
 /// What every listener shares.
 pub struct Gateway {
@@ -106,6 +106,8 @@ impl Drop for Active<'_> {
 /// One `connect` listener.
 pub struct ConnectListener {
     pub name: String,
+    /// With `tls:`: an HTTPS proxy whose callers may prove their identity with a certificate.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub gateway: Arc<Gateway>,
     pub metrics: ListenerMetrics,
 }
@@ -134,14 +136,76 @@ pub async fn serve(
     tracing::info!(listener = %ctx.name, "stopped accepting");
 }
 
-async fn handle(ctx: Arc<ConnectListener>, mut client: TcpStream, peer: SocketAddr) {
-    let gw = &ctx.gateway;
+async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) {
     // Small writes (the 200, interactive tunnel traffic) go out at once.
     let _ = client.set_nodelay(true);
+    let Some(acceptor) = ctx.tls.clone() else {
+        return serve_caller(&ctx, client, peer, Mtls::NotTls).await;
+    };
+    // The TLS handshake counts against the same whole-head deadline as the request head.
+    let deadline = Instant::now() + ctx.gateway.config.limits.header_read_timeout;
+    match tokio::time::timeout_at(deadline, acceptor.accept(client)).await {
+        Ok(Ok(tls)) => {
+            let mtls = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                None => Mtls::NoCertificate,
+                Some(leaf) => match egress_certs::spiffe::spiffe_id_of(leaf) {
+                    Ok(id) => Mtls::Identity(id.to_string()),
+                    Err(why) => Mtls::NotAnIdentity(why.to_string()),
+                },
+            };
+            serve_caller(&ctx, tls, peer, mtls).await;
+        }
+        Ok(Err(e)) => {
+            let reason = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map_or("io", egress_certs::server::handshake_failure_reason);
+            handshake_failed(&ctx, peer, reason, &e.to_string());
+        }
+        Err(_) => handshake_failed(
+            &ctx,
+            peer,
+            "timeout",
+            "no TLS handshake within headerReadTimeout",
+        ),
+    }
+}
+
+/// What the caller's client certificate said.
+enum Mtls {
+    /// A plain listener.
+    NotTls,
+    /// A TLS listener with `clientAuth: optional`, and no certificate.
+    NoCertificate,
+    /// A verified certificate that is not an X.509-SVID: no identity.
+    NotAnIdentity(String),
+    Identity(String),
+}
+
+/// A failed handshake: counted by reason, logged with the peer address (never key material),
+/// and audited.
+fn handshake_failed(ctx: &ConnectListener, peer: SocketAddr, reason: &'static str, error: &str) {
+    let gw = &ctx.gateway;
+    gw.metrics.tls_handshake_failure(&ctx.name, reason);
+    tracing::info!(listener = %ctx.name, source = %peer, reason, error, "TLS handshake failed");
+    let mut audit = AuditRecord::new(&ctx.name, peer);
+    audit.decision = Verdict::Deny.as_str();
+    audit.reason = "tls_handshake";
+    audit.details = Some(reason.to_owned());
+    gw.audit.write(audit);
+}
+
+async fn serve_caller<S: Caller>(
+    ctx: &ConnectListener,
+    mut client: S,
+    peer: SocketAddr,
+    mtls: Mtls,
+) {
+    let gw = &ctx.gateway;
     let mut audit = AuditRecord::new(&ctx.name, peer);
     let active = gw.conns.enter(&ctx.metrics);
     let result = match active {
-        Some(_) => proxy(&ctx, &mut client, peer, &mut audit).await,
+        Some(_) => proxy(ctx, &mut client, peer, mtls, &mut audit).await,
         None => Err(Reject::new(Reason::Overloaded, "maxConnections reached")),
     };
     match result {
@@ -163,7 +227,7 @@ async fn handle(ctx: Arc<ConnectListener>, mut client: TcpStream, peer: SocketAd
 /// Answers a rejection, then closes: our side is shut down at once, and what the client still
 /// sends is read and dropped for a short while (so the answer is not lost to a reset), never
 /// parsed.
-async fn refuse(client: &mut TcpStream, reject: &Reject) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S, reject: &Reject) {
     let response = reject.http_response();
     let _ = tokio::time::timeout(http::LINGER, client.write_all(&response)).await;
     let _ = client.shutdown().await;
@@ -180,10 +244,11 @@ async fn refuse(client: &mut TcpStream, reject: &Reject) {
 
 /// The life of one connection. Returns the verdict and reason of an allowed connection once its
 /// relay has ended.
-async fn proxy(
+async fn proxy<S: Caller>(
     ctx: &ConnectListener,
-    client: &mut TcpStream,
+    client: &mut S,
     peer: SocketAddr,
+    mtls: Mtls,
     audit: &mut AuditRecord,
 ) -> Result<(Verdict, Reason), Reject> {
     let gw = &*ctx.gateway;
@@ -202,7 +267,16 @@ async fn proxy(
     audit.host = Some(dest.host.to_string());
     audit.port = Some(dest.port);
 
-    let identity = gw.identities.identify(peer.ip());
+    // Order of identity sources: the client certificate when it carries an identity; a caller
+    // whose certificate is not an X.509-SVID has no identity at all; else the static table.
+    let identity = match mtls {
+        Mtls::Identity(id) => Identity::from_spiffe(IdentitySource::Mtls, &id, Some(peer.ip())),
+        Mtls::NotAnIdentity(why) => {
+            tracing::debug!(source = %peer, why, "client certificate is not an X.509-SVID: no identity");
+            Identity::anonymous(Some(peer.ip()))
+        }
+        Mtls::NotTls | Mtls::NoCertificate => gw.identities.identify(peer.ip()),
+    };
     audit.set_identity(&identity);
 
     let loaded = gw.policy.load();
@@ -257,7 +331,9 @@ async fn proxy(
                 up: &ctx.metrics.bytes_up,
                 down: &ctx.metrics.bytes_down,
             };
-            let relayed = relay::relay(client, &upstream, idle, &mut force_close, meters).await;
+            let relayed = client
+                .relay_with(&mut upstream, idle, &mut force_close, meters)
+                .await;
             audit.bytes_up = relayed.up + early;
             audit.bytes_down = relayed.down;
             audit.close = Some(relayed.close.as_str());
@@ -268,14 +344,14 @@ async fn proxy(
             match sent {
                 Ok(up) => {
                     audit.bytes_up = up;
-                    let (down, close) = relay::relay_down(
-                        client,
-                        &upstream,
-                        idle,
-                        &mut force_close,
-                        &ctx.metrics.bytes_down,
-                    )
-                    .await;
+                    let (down, close) = client
+                        .relay_down_with(
+                            &mut upstream,
+                            idle,
+                            &mut force_close,
+                            &ctx.metrics.bytes_down,
+                        )
+                        .await;
                     audit.bytes_down = down;
                     audit.close = Some(close.as_str());
                 }
@@ -355,8 +431,8 @@ impl BodyFraming {
 
 /// Sends a forwarded request: the rewritten head, then exactly its body. Bytes after the body
 /// are not forwarded: one request per client connection.
-async fn forward_request(
-    client: &mut TcpStream,
+async fn forward_request<S: AsyncRead + Unpin>(
+    client: &mut S,
     upstream: &mut TcpStream,
     head: &[u8],
     body: Body,

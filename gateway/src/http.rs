@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use egress_policy::{parse_host, Destination, HostError};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::reason::{Reason, Reject};
@@ -59,8 +58,8 @@ impl Head {
 
 /// Reads one request head. The whole head must arrive before `deadline` (a trickle of bytes does
 /// not extend it) and fit in `max_bytes`.
-pub async fn read_head(
-    stream: &mut TcpStream,
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
     deadline: Instant,
     max_bytes: usize,
 ) -> Result<Head, Reject> {

@@ -19,6 +19,7 @@ mod policy_store;
 mod reason;
 mod relay;
 mod sys;
+mod tls;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -198,6 +199,23 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_INVALID);
                 }
             }
+            let mut acceptors = std::collections::HashMap::new();
+            for l in &cfg.listeners {
+                if let Some(t) = &l.tls {
+                    match tls::acceptor(t) {
+                        Ok(a) => {
+                            acceptors.insert(l.name.clone(), a);
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "egress-gateway: listener {:?}: invalid TLS material: {e:#}",
+                                l.name
+                            );
+                            return ExitCode::from(EXIT_INVALID);
+                        }
+                    }
+                }
+            }
             init_logging(&cfg);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -209,7 +227,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(cfg)) {
+            match runtime.block_on(run(cfg, acceptors)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "egress-gateway failed");
@@ -342,7 +360,10 @@ fn init_logging(cfg: &GatewayConfig) {
     }
 }
 
-async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
+async fn run(
+    cfg: GatewayConfig,
+    mut acceptors: std::collections::HashMap<String, tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Signal handlers first: from here on no signal can take its default action (exit).
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -402,8 +423,9 @@ async fn run(cfg: GatewayConfig) -> anyhow::Result<()> {
     let status = policy.status();
     for (l, listener) in bound {
         let address = listener.local_addr()?;
-        tracing::info!(listener = %l.name, kind = l.kind.as_str(), address = %address, "listening");
+        tracing::info!(listener = %l.name, kind = l.kind.as_str(), tls = l.tls.is_some(), address = %address, "listening");
         let ctx = Arc::new(connect::ConnectListener {
+            tls: acceptors.remove(&l.name),
             metrics: metrics.listener(&l.name),
             name: l.name,
             gateway: Arc::clone(&gateway),

@@ -37,6 +37,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
     pub rule: String,
     pub decision: &'static str,
@@ -53,6 +59,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     pub rule_hits: Family<RuleLabels, Counter>,
     pub policy_rules: Gauge,
+    tls_handshake_failures: Family<HandshakeLabels, Counter>,
 }
 
 const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::AuditAllow];
@@ -119,6 +126,12 @@ impl Metrics {
             "Decisions made by each rule (shadow_* for audit-mode rules)",
             rule_hits.clone(),
         );
+        let tls_handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "egress_tls_handshake_failures",
+            "TLS handshakes that failed, by reason",
+            tls_handshake_failures.clone(),
+        );
         let policy_rules = Gauge::default();
         registry.register(
             "egress_policy_rules",
@@ -135,6 +148,7 @@ impl Metrics {
             reloads,
             rule_hits,
             policy_rules,
+            tls_handshake_failures,
         }
     }
 
@@ -161,6 +175,15 @@ impl Metrics {
             bytes_up: bytes("up"),
             bytes_down: bytes("down"),
         }
+    }
+
+    pub fn tls_handshake_failure(&self, listener: &str, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&HandshakeLabels {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn reload(&self, result: &'static str) {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -91,6 +91,148 @@ pub struct Relayed {
 pub struct Meters<'a> {
     pub up: &'a Counter,
     pub down: &'a Counter,
+}
+
+/// The caller's side of a tunnel: a plain socket (relayed with readiness and `splice(2)`), or a
+/// TLS stream (relayed through buffers, since its bytes must be decrypted).
+pub trait Caller: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Relays both ways; see [`relay`].
+    fn relay_with<'a>(
+        &'a mut self,
+        upstream: &'a mut TcpStream,
+        idle: Duration,
+        drain: &'a mut watch::Receiver<bool>,
+        meters: Meters<'a>,
+    ) -> impl std::future::Future<Output = Relayed> + Send + 'a;
+
+    /// Relays upstream to caller only; see [`relay_down`].
+    fn relay_down_with<'a>(
+        &'a mut self,
+        upstream: &'a mut TcpStream,
+        idle: Duration,
+        drain: &'a mut watch::Receiver<bool>,
+        counter: &'a Counter,
+    ) -> impl std::future::Future<Output = (u64, Close)> + Send + 'a;
+}
+
+impl Caller for TcpStream {
+    fn relay_with<'a>(
+        &'a mut self,
+        upstream: &'a mut TcpStream,
+        idle: Duration,
+        drain: &'a mut watch::Receiver<bool>,
+        meters: Meters<'a>,
+    ) -> impl std::future::Future<Output = Relayed> + Send + 'a {
+        relay(self, upstream, idle, drain, meters)
+    }
+
+    fn relay_down_with<'a>(
+        &'a mut self,
+        upstream: &'a mut TcpStream,
+        idle: Duration,
+        drain: &'a mut watch::Receiver<bool>,
+        counter: &'a Counter,
+    ) -> impl std::future::Future<Output = (u64, Close)> + Send + 'a {
+        relay_down(self, upstream, idle, drain, counter)
+    }
+}
+
+impl Caller for tokio_rustls::server::TlsStream<TcpStream> {
+    fn relay_with<'a>(
+        &'a mut self,
+        upstream: &'a mut TcpStream,
+        idle: Duration,
+        drain: &'a mut watch::Receiver<bool>,
+        meters: Meters<'a>,
+    ) -> impl std::future::Future<Output = Relayed> + Send + 'a {
+        relay_streams(self, upstream, idle, drain, meters)
+    }
+
+    fn relay_down_with<'a>(
+        &'a mut self,
+        upstream: &'a mut TcpStream,
+        idle: Duration,
+        drain: &'a mut watch::Receiver<bool>,
+        counter: &'a Counter,
+    ) -> impl std::future::Future<Output = (u64, Close)> + Send + 'a {
+        relay_streams_down(self, upstream, idle, drain, counter)
+    }
+}
+
+/// Relays a stream caller (TLS) both ways, with the same half-close, idle and drain rules.
+async fn relay_streams<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    client: &mut S,
+    upstream: &mut TcpStream,
+    idle: Duration,
+    drain: &mut watch::Receiver<bool>,
+    meters: Meters<'_>,
+) -> Relayed {
+    let epoch = Instant::now();
+    let last = AtomicU64::new(0);
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = upstream.split();
+    let close = {
+        let both = async {
+            tokio::try_join!(
+                copy_stream(&mut cr, &mut uw, &up, meters.up, &last, epoch),
+                copy_stream(&mut ur, &mut cw, &down, meters.down, &last, epoch),
+            )
+        };
+        tokio::select! {
+            r = both => if r.is_ok() { Close::Eof } else { Close::Error },
+            () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
+            _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => Close::Drain,
+        }
+    };
+    Relayed {
+        up: up.into_inner(),
+        down: down.into_inner(),
+        close,
+    }
+}
+
+async fn relay_streams_down<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    client: &mut S,
+    upstream: &mut TcpStream,
+    idle: Duration,
+    drain: &mut watch::Receiver<bool>,
+    counter: &Counter,
+) -> (u64, Close) {
+    let epoch = Instant::now();
+    let last = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let close = tokio::select! {
+        r = copy_stream(upstream, client, &down, counter, &last, epoch) => if r.is_ok() { Close::Eof } else { Close::Error },
+        () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
+        _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => Close::Drain,
+    };
+    (down.into_inner(), close)
+}
+
+/// One direction between streams, through a buffer; at EOF the writer is shut down (for TLS:
+/// `close_notify`, then the socket's half-close).
+async fn copy_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    src: &mut R,
+    dst: &mut W,
+    total: &AtomicU64,
+    counter: &Counter,
+    last: &AtomicU64,
+    epoch: Instant,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = src.read(&mut buf).await?;
+        if n == 0 {
+            dst.shutdown().await?;
+            return Ok(());
+        }
+        dst.write_all(&buf[..n]).await?;
+        dst.flush().await?;
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        counter.inc_by(n as u64);
+        last.store(millis_since(epoch), Ordering::Relaxed);
+    }
 }
 
 /// Relays until both directions are done, the tunnel is idle for `idle`, or `drain` turns true.

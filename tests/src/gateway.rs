@@ -93,13 +93,23 @@ impl Gateway {
     /// Starts the gateway with `policy` and extra gateway.yaml sections (`dns:`, `limits:`, ...).
     /// The connect listener and the admin server bind ephemeral loopback ports.
     pub async fn start(policy: &str, extra_config: &str) -> Gateway {
+        Self::start_with_listener(policy, "", extra_config).await
+    }
+
+    /// Like [`Gateway::start`], with `listener_extra` added to the listener (e.g. a `tls:` block,
+    /// indented by four spaces).
+    pub async fn start_with_listener(
+        policy: &str,
+        listener_extra: &str,
+        extra_config: &str,
+    ) -> Gateway {
         let dir = temp_dir("gw");
         let policy_dir = dir.join("policy");
         std::fs::create_dir_all(&policy_dir).expect("policy dir");
         let mut gw_dir = dir.clone();
         gw_dir.push("gateway.yaml");
         let config = format!(
-            "listeners:\n  - name: proxy\n    kind: connect\n    address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\npolicy:\n  path: {}\nlog:\n  format: json\n  level: info\n{extra_config}",
+            "listeners:\n  - name: proxy\n    kind: connect\n    address: 127.0.0.1:0\n{listener_extra}admin:\n  address: 127.0.0.1:0\npolicy:\n  path: {}\nlog:\n  format: json\n  level: info\n{extra_config}",
             policy_dir.join("policy.yaml").display()
         );
         std::fs::write(&gw_dir, config).expect("write gateway.yaml");
