@@ -79,7 +79,7 @@ enum PolicyCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Exit 0 when FILE is a valid gateway.yaml (and its policy file, if any, is valid).
+    /// Exit 0 when FILE is a valid gateway.yaml and the policy file and TLS material it names load.
     Validate { file: PathBuf },
 }
 
@@ -166,6 +166,11 @@ fn main() -> ExitCode {
                 .and_then(|c| {
                     if let Some(p) = &c.policy_path {
                         load_policy(p)?;
+                    }
+                    for l in &c.listeners {
+                        if let Some(t) = &l.tls {
+                            tls::acceptor(t).with_context(|| format!("listener {:?}", l.name))?;
+                        }
                     }
                     Ok(c)
                 }) {

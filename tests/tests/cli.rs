@@ -418,3 +418,75 @@ fn certs_dev_writes_a_ca_a_gateway_certificate_and_workload_svids() {
     ]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn the_mtls_example_is_valid_once_its_certificates_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let work = temp_dir("mtls-example");
+    std::fs::create_dir_all(work.join("examples")).expect("dir");
+    for f in ["gateway-mtls.yaml", "policy-mtls.yaml"] {
+        std::fs::copy(root.join("examples").join(f), work.join("examples").join(f)).expect("copy");
+    }
+    let dev = Command::new(binary())
+        .args([
+            "certs",
+            "dev",
+            "--out",
+            "dev-pki",
+            "--workload",
+            "spiffe://cluster.local/ns/payments/sa/checkout",
+        ])
+        .current_dir(&work)
+        .output()
+        .expect("certs dev");
+    assert!(dev.status.success());
+    let out = Command::new(binary())
+        .args(["config", "validate", "examples/gateway-mtls.yaml"])
+        .current_dir(&work)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = Command::new(binary())
+        .args([
+            "policy",
+            "check",
+            "--policy",
+            "examples/policy-mtls.yaml",
+            "--spiffe",
+            "spiffe://cluster.local/ns/payments/sa/checkout",
+            "--to",
+            "example.com:443",
+        ])
+        .current_dir(&work)
+        .output()
+        .expect("run");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+#[test]
+fn config_validate_loads_the_tls_material_it_names() {
+    let dir = temp_dir("tls-missing");
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        "listeners:\n  - name: m\n    kind: connect\n    address: 127.0.0.1:0\n    tls:\n      cert: /nonexistent/gw.crt\n      key: /nonexistent/gw.key\n      clientCa: /nonexistent/ca.crt\n",
+    )
+    .expect("write");
+    let out = run(&["config", "validate", cfg.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/gw.crt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["run", "--config", cfg.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(2), "run refuses it too");
+}
