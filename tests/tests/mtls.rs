@@ -179,3 +179,135 @@ async fn with_optional_client_auth_a_caller_without_certificate_has_no_mtls_iden
     let (ok, _, err) = curl(&s, &s.pki, Some("checkout"), true).await;
     assert!(ok, "checkout still gets through: {err}");
 }
+
+/// Issues a client certificate from the dev CA in `pki`, shaped by `tweak`; returns its file stem.
+fn issue(pki: &Path, stem: &str, tweak: impl FnOnce(&mut rcgen::CertificateParams)) -> String {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).expect("ca.key"))
+            .expect("ca key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(pki.join("ca.crt")).expect("ca.crt"),
+        ca_key,
+    )
+    .expect("issuer");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::default();
+    p.is_ca = rcgen::IsCa::ExplicitNoCa;
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://cluster.local/ns/payments/sa/checkout"
+            .try_into()
+            .expect("ascii"),
+    )];
+    tweak(&mut p);
+    let cert = p.signed_by(&key, &issuer).expect("sign");
+    std::fs::write(pki.join(format!("{stem}.crt")), cert.pem()).expect("write");
+    std::fs::write(pki.join(format!("{stem}.key")), key.serialize_pem()).expect("write");
+    stem.to_owned()
+}
+
+fn uri(s: &str) -> rcgen::SanType {
+    rcgen::SanType::URI(s.try_into().expect("ascii"))
+}
+
+#[tokio::test]
+async fn bad_client_certificates_fail_the_handshake_each_with_its_reason() {
+    let s = setup("required").await;
+    let cases: Vec<(String, &str)> = vec![
+        (
+            issue(&s.pki, "expired", |p| {
+                p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+            }),
+            "expired",
+        ),
+        (
+            issue(&s.pki, "future", |p| {
+                p.not_before = rcgen::date_time_ymd(2999, 1, 1);
+                p.not_after = rcgen::date_time_ymd(3000, 1, 1);
+            }),
+            "not_yet_valid",
+        ),
+        (
+            issue(&s.pki, "ca-leaf", |p| {
+                p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
+            }),
+            "ca_leaf",
+        ),
+        (
+            issue(&s.pki, "server-only", |p| {
+                p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth]
+            }),
+            "wrong_eku",
+        ),
+    ];
+    for (stem, reason) in &cases {
+        let (ok, _, _) = curl(&s, &s.pki, Some(stem), true).await;
+        assert!(!ok, "{stem} must not get through");
+        let sample = format!(
+            "egress_tls_handshake_failures_total{{listener=\"proxy\",reason=\"{reason}\"}}"
+        );
+        let mut seen = None;
+        for _ in 0..100 {
+            seen = s.gw.metric(&sample).await;
+            if seen.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(seen, Some(1.0), "{stem}: {sample}");
+    }
+    s.web.expect_no_connection().await;
+}
+
+#[tokio::test]
+async fn certificates_that_are_not_svids_give_no_identity() {
+    let s = setup("optional").await;
+    let cases = [
+        issue(&s.pki, "two-uris", |p| {
+            p.subject_alt_names = vec![
+                uri("spiffe://cluster.local/ns/payments/sa/checkout"),
+                uri("spiffe://cluster.local/ns/payments/sa/other"),
+            ]
+        }),
+        issue(&s.pki, "dns-san", |p| {
+            p.subject_alt_names = vec![rcgen::SanType::DnsName(
+                "spiffe://cluster.local/ns/payments/sa/checkout"
+                    .try_into()
+                    .expect("ascii"),
+            )]
+        }),
+        issue(&s.pki, "upper", |p| {
+            p.subject_alt_names = vec![uri("SPIFFE://cluster.local/ns/payments/sa/checkout")]
+        }),
+        issue(&s.pki, "dotdot", |p| {
+            p.subject_alt_names = vec![uri("spiffe://cluster.local/ns/payments/sa/../checkout")]
+        }),
+        issue(&s.pki, "escaped", |p| {
+            p.subject_alt_names = vec![uri("spiffe://cluster.local/ns/payments%2fsa/checkout")]
+        }),
+        issue(&s.pki, "empty-seg", |p| {
+            p.subject_alt_names = vec![uri("spiffe://cluster.local/ns//payments/sa/checkout")]
+        }),
+        issue(&s.pki, "trailing", |p| {
+            p.subject_alt_names = vec![uri("spiffe://cluster.local/ns/payments/sa/checkout/")]
+        }),
+    ];
+    for stem in &cases {
+        let (ok, _, err) = curl(&s, &s.pki, Some(stem), true).await;
+        assert!(
+            !ok && err.contains("407"),
+            "{stem} must be an anonymous caller (407): {err}"
+        );
+    }
+    egress_tests::eventually("an anonymous audit line per certificate", || {
+        let anonymous =
+            s.gw.audit()
+                .iter()
+                .filter(|v| v["reason"] == "unknown_identity" && v["identity_source"] == "none")
+                .count();
+        (anonymous == cases.len()).then_some(())
+    })
+    .await;
+    s.web.expect_no_connection().await;
+}
