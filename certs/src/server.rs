@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, RootCertStore, ServerConfig};
 
@@ -31,25 +32,31 @@ pub enum ServerConfigError {
     CertKey(String),
 }
 
-/// Builds the server side of an mTLS listener: `chain`/`key` are the gateway's own certificate,
-/// `roots` the trust bundles client certificates must chain to (with the clientAuth EKU).
-pub fn server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+/// The verifier of client certificates: they must chain to `roots` and carry the clientAuth
+/// extended key usage. It is also what re-checks a live tunnel's certificate after the trust
+/// bundles change.
+pub fn client_verifier(
     roots: RootCertStore,
     auth: ClientAuth,
-) -> Result<Arc<ServerConfig>, ServerConfigError> {
-    let provider = crate::crypto_provider();
-    let builder =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+) -> Result<Arc<dyn ClientCertVerifier>, ServerConfigError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::crypto_provider());
     let builder = match auth {
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),
     };
-    let verifier = builder
+    builder
         .build()
-        .map_err(|e| ServerConfigError::Verifier(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+        .map_err(|e| ServerConfigError::Verifier(e.to_string()))
+}
+
+/// Builds the server side of an mTLS listener: `chain`/`key` are the gateway's own certificate,
+/// `verifier` judges client certificates (see [`client_verifier`]).
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<Arc<ServerConfig>, ServerConfigError> {
+    let mut config = ServerConfig::builder_with_provider(crate::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ServerConfigError::Verifier(e.to_string()))?
         .with_client_cert_verifier(verifier)
@@ -57,6 +64,17 @@ pub fn server_config(
         .map_err(|e| ServerConfigError::CertKey(e.to_string()))?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
     Ok(Arc::new(config))
+}
+
+/// Whether a certificate chain presented earlier still passes `verifier` now (after the trust
+/// bundles changed, say).
+pub fn still_trusted(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'static>]) -> bool {
+    match chain.split_first() {
+        Some((leaf, intermediates)) => verifier
+            .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .is_ok(),
+        None => false,
+    }
 }
 
 /// The `reason` label of a failed handshake: a bounded set of values.

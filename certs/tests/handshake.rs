@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use egress_certs::server::{handshake_failure_reason, server_config, ClientAuth};
+use egress_certs::server::{client_verifier, handshake_failure_reason, server_config, still_trusted, ClientAuth};
 use egress_certs::spiffe::spiffe_id_of;
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -83,7 +83,8 @@ fn handshake(
     for ca in trusted {
         roots.add(ca.der.clone()).expect("root");
     }
-    let server = server_config(vec![gw_cert], gw_key, roots, auth).expect("server config");
+    let verifier = client_verifier(roots, auth).expect("verifier");
+    let server = server_config(vec![gw_cert], gw_key, verifier).expect("server config");
     let mut client_roots = RootCertStore::empty();
     client_roots.add(server_ca.der.clone()).expect("root");
     let builder = ClientConfig::builder_with_provider(egress_certs::crypto_provider())
@@ -237,4 +238,22 @@ fn optional_client_auth_admits_callers_without_a_certificate_but_not_bad_ones() 
         reason(handshake(&ca, &[&ca], ClientAuth::Optional, Some(bad))),
         "untrusted_ca"
     );
+}
+
+#[test]
+fn a_chain_stops_being_trusted_when_its_ca_leaves_the_bundle() {
+    let (a, b) = (ca(), ca());
+    let (cert, _) = svid(&a, "spiffe://cluster.local/ns/a/sa/b", |_| {});
+    let roots = |cas: &[&Ca]| {
+        let mut r = RootCertStore::empty();
+        for c in cas {
+            r.add(c.der.clone()).expect("root");
+        }
+        r
+    };
+    let both = client_verifier(roots(&[&a, &b]), ClientAuth::Required).expect("verifier");
+    let only_b = client_verifier(roots(&[&b]), ClientAuth::Required).expect("verifier");
+    assert!(still_trusted(both.as_ref(), std::slice::from_ref(&cert)));
+    assert!(!still_trusted(only_b.as_ref(), std::slice::from_ref(&cert)));
+    assert!(!still_trusted(both.as_ref(), &[]));
 }

@@ -2,7 +2,7 @@
 //! bundles for client certificates, and `clientAuth`, loaded into a rustls acceptor.
 
 use egress_certs::pem::{load_bundle, load_chain, load_key};
-use egress_certs::server::{server_config, ClientAuth};
+use egress_certs::server::{client_verifier, server_config, ClientAuth};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ClientAuthMode, TlsConfig};
@@ -16,6 +16,6 @@ pub fn acceptor(cfg: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
         ClientAuthMode::Required => ClientAuth::Required,
         ClientAuthMode::Optional => ClientAuth::Optional,
     };
-    let config = server_config(chain, key, roots, auth)?;
+    let config = server_config(chain, key, client_verifier(roots, auth)?)?;
     Ok(TlsAcceptor::from(config))
 }
