@@ -39,7 +39,8 @@ pub fn client_verifier(
     roots: RootCertStore,
     auth: ClientAuth,
 ) -> Result<Arc<dyn ClientCertVerifier>, ServerConfigError> {
-    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::crypto_provider());
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::crypto_provider());
     let builder = match auth {
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),

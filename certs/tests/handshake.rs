@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use egress_certs::server::{client_verifier, handshake_failure_reason, server_config, still_trusted, ClientAuth};
+use egress_certs::server::{
+    client_verifier, handshake_failure_reason, server_config, still_trusted, ClientAuth,
+};
 use egress_certs::spiffe::spiffe_id_of;
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,

@@ -26,7 +26,7 @@ use crate::identity::StaticIdentities;
 use crate::metrics::{ListenerMetrics, Metrics, RuleLabels};
 use crate::policy_store::PolicyStore;
 use crate::reason::{Reason, Reject};
-use crate::relay::{Caller, Close, Meters};
+use crate::relay::{self, Caller, Close, Meters};
 
 /// What every listener shares.
 pub struct Gateway {
@@ -107,7 +107,7 @@ impl Drop for Active<'_> {
 pub struct ConnectListener {
     pub name: String,
     /// With `tls:`: an HTTPS proxy whose callers may prove their identity with a certificate.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<Arc<crate::tls::CertStore>>,
     pub gateway: Arc<Gateway>,
     pub metrics: ListenerMetrics,
 }
@@ -139,17 +139,18 @@ pub async fn serve(
 async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) {
     // Small writes (the 200, interactive tunnel traffic) go out at once.
     let _ = client.set_nodelay(true);
-    let Some(acceptor) = ctx.tls.clone() else {
+    let Some(store) = ctx.tls.as_ref() else {
         return serve_caller(&ctx, client, peer, Mtls::NotTls).await;
     };
+    let acceptor = store.current().acceptor.clone();
     // The TLS handshake counts against the same whole-head deadline as the request head.
     let deadline = Instant::now() + ctx.gateway.config.limits.header_read_timeout;
     match tokio::time::timeout_at(deadline, acceptor.accept(client)).await {
         Ok(Ok(tls)) => {
-            let mtls = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                None => Mtls::NoCertificate,
-                Some(leaf) => match egress_certs::spiffe::spiffe_id_of(leaf) {
-                    Ok(id) => Mtls::Identity(id.to_string()),
+            let mtls = match tls.get_ref().1.peer_certificates() {
+                None | Some([]) => Mtls::NoCertificate,
+                Some(chain) => match egress_certs::spiffe::spiffe_id_of(&chain[0]) {
+                    Ok(id) => Mtls::Identity(id.to_string(), chain.to_vec()),
                     Err(why) => Mtls::NotAnIdentity(why.to_string()),
                 },
             };
@@ -179,7 +180,8 @@ enum Mtls {
     NoCertificate,
     /// A verified certificate that is not an X.509-SVID: no identity.
     NotAnIdentity(String),
-    Identity(String),
+    /// The SPIFFE ID, and the chain it came with (re-checked when the trust bundles change).
+    Identity(String, Vec<rustls::pki_types::CertificateDer<'static>>),
 }
 
 /// A failed handshake: counted by reason, logged with the peer address (never key material),
@@ -269,8 +271,12 @@ async fn proxy<S: Caller>(
 
     // Order of identity sources: the client certificate when it carries an identity; a caller
     // whose certificate is not an X.509-SVID has no identity at all; else the static table.
+    let mut presented_chain = None;
     let identity = match mtls {
-        Mtls::Identity(id) => Identity::from_spiffe(IdentitySource::Mtls, &id, Some(peer.ip())),
+        Mtls::Identity(id, chain) => {
+            presented_chain = Some(chain);
+            Identity::from_spiffe(IdentitySource::Mtls, &id, Some(peer.ip()))
+        }
         Mtls::NotAnIdentity(why) => {
             tracing::debug!(source = %peer, why, "client certificate is not an X.509-SVID: no identity");
             Identity::anonymous(Some(peer.ip()))
@@ -308,6 +314,24 @@ async fn proxy<S: Caller>(
 
     let allowed = (decision.verdict, Reason::from(decision.reason));
     let mut force_close = gw.force_close.clone();
+    let store = ctx.tls.clone();
+    // Why a live tunnel must end early: the drain period is over, or its caller's certificate
+    // stopped chaining to a trusted CA.
+    let stop: relay::Stop = Box::pin(async move {
+        let drain = async {
+            let _ = force_close.wait_for(|d| *d).await;
+        };
+        let revoked = async {
+            match (&store, &presented_chain) {
+                (Some(store), Some(chain)) => store.until_untrusted(chain).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = drain => Close::Drain,
+            () = revoked => Close::TrustRevoked,
+        }
+    });
     let idle = gw.config.upstream.idle_timeout;
     match request {
         ProxyRequest::Connect { .. } => {
@@ -331,9 +355,7 @@ async fn proxy<S: Caller>(
                 up: &ctx.metrics.bytes_up,
                 down: &ctx.metrics.bytes_down,
             };
-            let relayed = client
-                .relay_with(&mut upstream, idle, &mut force_close, meters)
-                .await;
+            let relayed = client.relay_with(&mut upstream, idle, stop, meters).await;
             audit.bytes_up = relayed.up + early;
             audit.bytes_down = relayed.down;
             audit.close = Some(relayed.close.as_str());
@@ -345,12 +367,7 @@ async fn proxy<S: Caller>(
                 Ok(up) => {
                     audit.bytes_up = up;
                     let (down, close) = client
-                        .relay_down_with(
-                            &mut upstream,
-                            idle,
-                            &mut force_close,
-                            &ctx.metrics.bytes_down,
-                        )
+                        .relay_down_with(&mut upstream, idle, stop, &ctx.metrics.bytes_down)
                         .await;
                     audit.bytes_down = down;
                     audit.close = Some(close.as_str());

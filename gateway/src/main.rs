@@ -169,7 +169,7 @@ fn main() -> ExitCode {
                     }
                     for l in &c.listeners {
                         if let Some(t) = &l.tls {
-                            tls::acceptor(t).with_context(|| format!("listener {:?}", l.name))?;
+                            tls::load(t).with_context(|| format!("listener {:?}", l.name))?;
                         }
                     }
                     Ok(c)
@@ -205,9 +205,10 @@ fn main() -> ExitCode {
                 }
             }
             let mut acceptors = std::collections::HashMap::new();
+            let metrics = Arc::new(metrics::Metrics::new());
             for l in &cfg.listeners {
                 if let Some(t) = &l.tls {
-                    match tls::acceptor(t) {
+                    match tls::CertStore::open(&l.name, t.clone(), Arc::clone(&metrics)) {
                         Ok(a) => {
                             acceptors.insert(l.name.clone(), a);
                         }
@@ -232,7 +233,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(cfg, acceptors)) {
+            match runtime.block_on(run(cfg, metrics, acceptors)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "egress-gateway failed");
@@ -367,14 +368,14 @@ fn init_logging(cfg: &GatewayConfig) {
 
 async fn run(
     cfg: GatewayConfig,
-    mut acceptors: std::collections::HashMap<String, tokio_rustls::TlsAcceptor>,
+    metrics: Arc<metrics::Metrics>,
+    mut cert_stores: std::collections::HashMap<String, Arc<tls::CertStore>>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Signal handlers first: from here on no signal can take its default action (exit).
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let metrics = Arc::new(metrics::Metrics::new());
     let policy = policy_store::PolicyStore::open(cfg.policy_path.clone(), Arc::clone(&metrics))?;
     let dns = dns::Dns::new(
         &cfg.nameservers,
@@ -429,8 +430,12 @@ async fn run(
     for (l, listener) in bound {
         let address = listener.local_addr()?;
         tracing::info!(listener = %l.name, kind = l.kind.as_str(), tls = l.tls.is_some(), address = %address, "listening");
+        let tls = cert_stores.remove(&l.name);
+        if let Some(store) = &tls {
+            tokio::spawn(Arc::clone(store).watch(Duration::from_secs(10)));
+        }
         let ctx = Arc::new(connect::ConnectListener {
-            tls: acceptors.remove(&l.name),
+            tls,
             metrics: metrics.listener(&l.name),
             name: l.name,
             gateway: Arc::clone(&gateway),

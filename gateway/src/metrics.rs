@@ -43,6 +43,12 @@ struct HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsReloadLabels {
+    listener: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
     pub rule: String,
     pub decision: &'static str,
@@ -60,6 +66,7 @@ pub struct Metrics {
     pub rule_hits: Family<RuleLabels, Counter>,
     pub policy_rules: Gauge,
     tls_handshake_failures: Family<HandshakeLabels, Counter>,
+    tls_reloads: Family<TlsReloadLabels, Counter>,
 }
 
 const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::AuditAllow];
@@ -132,6 +139,12 @@ impl Metrics {
             "TLS handshakes that failed, by reason",
             tls_handshake_failures.clone(),
         );
+        let tls_reloads = Family::<TlsReloadLabels, Counter>::default();
+        registry.register(
+            "egress_tls_reloads",
+            "Reloads of a listener's TLS material by result",
+            tls_reloads.clone(),
+        );
         let policy_rules = Gauge::default();
         registry.register(
             "egress_policy_rules",
@@ -149,6 +162,7 @@ impl Metrics {
             rule_hits,
             policy_rules,
             tls_handshake_failures,
+            tls_reloads,
         }
     }
 
@@ -182,6 +196,15 @@ impl Metrics {
             .get_or_create(&HandshakeLabels {
                 listener: listener.to_owned(),
                 reason,
+            })
+            .inc();
+    }
+
+    pub fn tls_reload(&self, listener: &str, result: &'static str) {
+        self.tls_reloads
+            .get_or_create(&TlsReloadLabels {
+                listener: listener.to_owned(),
+                result,
             })
             .inc();
     }

@@ -17,7 +17,6 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::sys::{shutdown_write, Pipe};
@@ -64,6 +63,8 @@ pub enum Close {
     IdleTimeout,
     /// The gateway shut down and the drain period ran out.
     Drain,
+    /// The caller's certificate no longer chains to a trusted CA (the trust bundles changed).
+    TrustRevoked,
     /// A socket error (a reset, usually).
     Error,
 }
@@ -74,6 +75,7 @@ impl Close {
             Close::Eof => "eof",
             Close::IdleTimeout => "idle_timeout",
             Close::Drain => "drain",
+            Close::TrustRevoked => "trust_revoked",
             Close::Error => "error",
         }
     }
@@ -93,6 +95,9 @@ pub struct Meters<'a> {
     pub down: &'a Counter,
 }
 
+/// Why a tunnel must end early; resolves with the [`Close`] to record.
+pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = Close> + Send>>;
+
 /// The caller's side of a tunnel: a plain socket (relayed with readiness and `splice(2)`), or a
 /// TLS stream (relayed through buffers, since its bytes must be decrypted).
 pub trait Caller: AsyncRead + AsyncWrite + Unpin + Send {
@@ -101,7 +106,7 @@ pub trait Caller: AsyncRead + AsyncWrite + Unpin + Send {
         &'a mut self,
         upstream: &'a mut TcpStream,
         idle: Duration,
-        drain: &'a mut watch::Receiver<bool>,
+        stop: Stop,
         meters: Meters<'a>,
     ) -> impl std::future::Future<Output = Relayed> + Send + 'a;
 
@@ -110,7 +115,7 @@ pub trait Caller: AsyncRead + AsyncWrite + Unpin + Send {
         &'a mut self,
         upstream: &'a mut TcpStream,
         idle: Duration,
-        drain: &'a mut watch::Receiver<bool>,
+        stop: Stop,
         counter: &'a Counter,
     ) -> impl std::future::Future<Output = (u64, Close)> + Send + 'a;
 }
@@ -120,20 +125,20 @@ impl Caller for TcpStream {
         &'a mut self,
         upstream: &'a mut TcpStream,
         idle: Duration,
-        drain: &'a mut watch::Receiver<bool>,
+        stop: Stop,
         meters: Meters<'a>,
     ) -> impl std::future::Future<Output = Relayed> + Send + 'a {
-        relay(self, upstream, idle, drain, meters)
+        relay(self, upstream, idle, stop, meters)
     }
 
     fn relay_down_with<'a>(
         &'a mut self,
         upstream: &'a mut TcpStream,
         idle: Duration,
-        drain: &'a mut watch::Receiver<bool>,
+        stop: Stop,
         counter: &'a Counter,
     ) -> impl std::future::Future<Output = (u64, Close)> + Send + 'a {
-        relay_down(self, upstream, idle, drain, counter)
+        relay_down(self, upstream, idle, stop, counter)
     }
 }
 
@@ -142,20 +147,20 @@ impl Caller for tokio_rustls::server::TlsStream<TcpStream> {
         &'a mut self,
         upstream: &'a mut TcpStream,
         idle: Duration,
-        drain: &'a mut watch::Receiver<bool>,
+        stop: Stop,
         meters: Meters<'a>,
     ) -> impl std::future::Future<Output = Relayed> + Send + 'a {
-        relay_streams(self, upstream, idle, drain, meters)
+        relay_streams(self, upstream, idle, stop, meters)
     }
 
     fn relay_down_with<'a>(
         &'a mut self,
         upstream: &'a mut TcpStream,
         idle: Duration,
-        drain: &'a mut watch::Receiver<bool>,
+        stop: Stop,
         counter: &'a Counter,
     ) -> impl std::future::Future<Output = (u64, Close)> + Send + 'a {
-        relay_streams_down(self, upstream, idle, drain, counter)
+        relay_streams_down(self, upstream, idle, stop, counter)
     }
 }
 
@@ -164,7 +169,7 @@ async fn relay_streams<S: AsyncRead + AsyncWrite + Unpin + Send>(
     client: &mut S,
     upstream: &mut TcpStream,
     idle: Duration,
-    drain: &mut watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = Close>,
     meters: Meters<'_>,
 ) -> Relayed {
     let epoch = Instant::now();
@@ -182,7 +187,7 @@ async fn relay_streams<S: AsyncRead + AsyncWrite + Unpin + Send>(
         tokio::select! {
             r = both => if r.is_ok() { Close::Eof } else { Close::Error },
             () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
-            _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => Close::Drain,
+            c = stop => c,
         }
     };
     Relayed {
@@ -196,7 +201,7 @@ async fn relay_streams_down<S: AsyncRead + AsyncWrite + Unpin + Send>(
     client: &mut S,
     upstream: &mut TcpStream,
     idle: Duration,
-    drain: &mut watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = Close>,
     counter: &Counter,
 ) -> (u64, Close) {
     let epoch = Instant::now();
@@ -205,7 +210,7 @@ async fn relay_streams_down<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let close = tokio::select! {
         r = copy_stream(upstream, client, &down, counter, &last, epoch) => if r.is_ok() { Close::Eof } else { Close::Error },
         () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
-        _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => Close::Drain,
+        c = stop => c,
     };
     (down.into_inner(), close)
 }
@@ -235,12 +240,13 @@ async fn copy_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
 }
 
-/// Relays until both directions are done, the tunnel is idle for `idle`, or `drain` turns true.
+/// Relays until both directions are done, the tunnel is idle for `idle`, or `stop` says why it
+/// must end (drain, trust revoked).
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     idle: Duration,
-    drain: &mut watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = Close>,
     meters: Meters<'_>,
 ) -> Relayed {
     let epoch = Instant::now();
@@ -256,7 +262,7 @@ pub async fn relay(
         tokio::select! {
             r = both => if r.is_ok() { Close::Eof } else { Close::Error },
             () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
-            _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => Close::Drain,
+            c = stop => c,
         }
     };
     Relayed {
@@ -271,7 +277,7 @@ pub async fn relay_down(
     client: &TcpStream,
     upstream: &TcpStream,
     idle: Duration,
-    drain: &mut watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = Close>,
     counter: &Counter,
 ) -> (u64, Close) {
     let epoch = Instant::now();
@@ -280,7 +286,7 @@ pub async fn relay_down(
     let close = tokio::select! {
         r = pump(upstream, client, &down, counter, &last, epoch) => if r.is_ok() { Close::Eof } else { Close::Error },
         () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
-        _ = async { drain.wait_for(|d| *d).await.map(|_| ()) } => Close::Drain,
+        c = stop => c,
     };
     (down.into_inner(), close)
 }
