@@ -34,6 +34,22 @@ rules:
       - host: web.test
         ports: ["*"]
         allowPrivateAddresses: true
+  - name: invoicer-by-id
+    action: allow
+    from:
+      - spiffe: spiffe://cluster.local/ns/billing/sa/invoicer
+    to:
+      - host: other.test
+        ports: ["*"]
+        allowPrivateAddresses: true
+  - name: no-cashier
+    action: deny
+    from:
+      - namespace: payments
+        serviceAccount: cashier
+    to:
+      - host: web.test
+        ports: ["*"]
 "#;
 
 struct Setup {
@@ -50,10 +66,12 @@ async fn setup(client_auth: &str) -> Setup {
         &[
             "spiffe://cluster.local/ns/payments/sa/checkout",
             "spiffe://cluster.local/ns/billing/sa/invoicer",
+            "spiffe://cluster.local/ns/payments/sa/cashier",
         ],
     );
     let dns = DnsServer::start().await;
     dns.set("web.test", &["127.0.0.1"]);
+    dns.set("other.test", &["127.0.0.1"]);
     let web = Upstream::start("127.0.0.1:0", Behaviour::Http).await;
     let tls = format!(
         "    tls:\n      cert: {}\n      key: {}\n      clientCa: [{}]\n      clientAuth: {client_auth}\n",
@@ -337,19 +355,19 @@ fn write_secret(dir: &Path, generation: usize, cert: &Path, key: &Path, cas: &[&
     }
 }
 
-/// A TLS connection to the gateway as `who` of `pki`, trusting `server_ca`, then CONNECT.
-async fn tls_connect(
-    gw: &Gateway,
-    server_ca: &Path,
+/// A client configuration for `who` of `pki`, trusting the server CAs `server_cas`. It keeps
+/// TLS sessions, so connections made with one configuration try to resume.
+fn client_config(
+    server_cas: &[&Path],
     pki: &Path,
     who: &str,
-    target: &str,
-) -> std::io::Result<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, u16)> {
+) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
-    use tokio::io::AsyncWriteExt;
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(server_ca).expect("ca") {
-        roots.add(c.expect("ca cert")).expect("root");
+    for ca in server_cas {
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
+            roots.add(c.expect("ca cert")).expect("root");
+        }
     }
     let chain: Vec<_> =
         rustls::pki_types::CertificateDer::pem_file_iter(pki.join(format!("{who}.crt")))
@@ -358,16 +376,37 @@ async fn tls_connect(
             .collect();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.join(format!("{who}.key")))
         .expect("key");
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .expect("client cert");
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client cert"),
+    )
+}
+
+/// A TLS connection to the gateway as `who` of `pki`, trusting `server_ca`, then CONNECT.
+async fn tls_connect(
+    gw: &Gateway,
+    server_ca: &Path,
+    pki: &Path,
+    who: &str,
+    target: &str,
+) -> std::io::Result<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, u16)> {
+    tls_connect_with(gw, client_config(&[server_ca], pki, who), target).await
+}
+
+async fn tls_connect_with(
+    gw: &Gateway,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    target: &str,
+) -> std::io::Result<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, u16)> {
+    use tokio::io::AsyncWriteExt;
     let tcp = tokio::net::TcpStream::connect(gw.proxy).await?;
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(config);
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let mut tls = connector.connect(name, tcp).await?;
     tls.write_all(format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes())
@@ -395,7 +434,7 @@ async fn certificates_and_trust_bundles_rotate_through_symlink_swaps() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (one, two) = (temp_dir("pki-one"), temp_dir("pki-two"));
     certs_dev(&one, &["spiffe://cluster.local/ns/payments/sa/checkout"]);
-    certs_dev(&two, &["spiffe://cluster.local/ns/payments/sa/cashier"]);
+    certs_dev(&two, &["spiffe://cluster.local/ns/payments/sa/teller"]);
     let secret = temp_dir("secret");
     write_secret(
         &secret,
@@ -427,7 +466,7 @@ async fn certificates_and_trust_bundles_rotate_through_symlink_swaps() {
         .expect("connect");
     assert_eq!(status, 200);
     assert!(
-        tls_connect(&gw, &one.join("ca.crt"), &two, "cashier", &target)
+        tls_connect(&gw, &one.join("ca.crt"), &two, "teller", &target)
             .await
             .map(|r| r.1)
             .unwrap_or(0)
@@ -444,8 +483,7 @@ async fn certificates_and_trust_bundles_rotate_through_symlink_swaps() {
     );
     let mut rotated = false;
     for _ in 0..150 {
-        if let Ok((_, 200)) = tls_connect(&gw, &two.join("ca.crt"), &two, "cashier", &target).await
-        {
+        if let Ok((_, 200)) = tls_connect(&gw, &two.join("ca.crt"), &two, "teller", &target).await {
             rotated = true;
             break;
         }
@@ -460,6 +498,27 @@ async fn certificates_and_trust_bundles_rotate_through_symlink_swaps() {
         .expect("the live tunnel survives a growing bundle");
     let mut got = [0u8; 5];
     live.read_exact(&mut got).await.expect("echo");
+    // CA one's workload, with a client that keeps its TLS sessions: the second connection
+    // resumes, which shows that resumption is on.
+    let resuming = client_config(
+        &[&one.join("ca.crt"), &two.join("ca.crt")],
+        &one,
+        "checkout",
+    );
+    let (first, status) = tls_connect_with(&gw, resuming.clone(), &target)
+        .await
+        .expect("connect");
+    assert_eq!(status, 200);
+    drop(first);
+    let (second, status) = tls_connect_with(&gw, resuming.clone(), &target)
+        .await
+        .expect("connect");
+    assert_eq!(status, 200);
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    drop(second);
 
     // Generation 3: CA one leaves the bundle. Its workload can no longer connect, and its live
     // tunnel is closed.
@@ -492,6 +551,15 @@ async fn certificates_and_trust_bundles_rotate_through_symlink_swaps() {
             .unwrap_or(0)
             != 200
     );
+    // Nor can it come back by resuming the session it had.
+    assert!(
+        tls_connect_with(&gw, resuming, &target)
+            .await
+            .map(|r| r.1)
+            .unwrap_or(0)
+            != 200,
+        "a client of a removed CA resumed its way back in"
+    );
     assert!(
         gw.metric("egress_tls_reloads_total{listener=\"proxy\",result=\"ok\"}")
             .await
@@ -520,8 +588,37 @@ async fn certificates_and_trust_bundles_rotate_through_symlink_swaps() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(rejected, "the broken certificate was not reported");
-    let (_, status) = tls_connect(&gw, &two.join("ca.crt"), &two, "cashier", &target)
+    let (_, status) = tls_connect(&gw, &two.join("ca.crt"), &two, "teller", &target)
         .await
         .expect("last good material");
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn spiffe_id_and_service_account_selectors_apply_to_mtls_callers() {
+    let s = setup("required").await;
+    let ca = s.pki.join("ca.crt");
+    let port = s.web.addr.port();
+    // Allowed by its exact SPIFFE ID, to the one host that rule names.
+    let (_, status) = tls_connect(
+        &s.gw,
+        &ca,
+        &s.pki,
+        "invoicer",
+        &format!("other.test:{port}"),
+    )
+    .await
+    .expect("connect");
+    assert_eq!(status, 200);
+    // Same namespace as checkout, but a deny rule names its service account.
+    let (_, status) = tls_connect(&s.gw, &ca, &s.pki, "cashier", &format!("web.test:{port}"))
+        .await
+        .expect("connect");
+    assert_eq!(status, 403);
+    let line =
+        s.gw.wait_audit("cashier's line", |v| v["service_account"] == "cashier")
+            .await;
+    assert_eq!(line["reason"], "denied_by_rule");
+    assert_eq!(line["rule"], "no-cashier");
+    assert_eq!(line["identity_source"], "mtls");
 }
