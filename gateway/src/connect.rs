@@ -139,9 +139,24 @@ pub async fn serve(
 async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) {
     // Small writes (the 200, interactive tunnel traffic) go out at once.
     let _ = client.set_nodelay(true);
+    // A connection counts against maxConnections from accept, its TLS handshake included.
+    let active = ctx.gateway.conns.enter(&ctx.metrics);
     let Some(store) = ctx.tls.as_ref() else {
-        return serve_caller(&ctx, client, peer, Mtls::NotTls).await;
+        return serve_caller(&ctx, client, peer, Mtls::NotTls, active).await;
     };
+    if active.is_none() {
+        // No HTTP answer is possible before a handshake, and a handshake is what overload
+        // cannot afford: the connection is closed, counted and audited.
+        let gw = &ctx.gateway;
+        gw.metrics
+            .count_connection(&ctx.metrics, Verdict::Deny, Reason::Overloaded);
+        let mut audit = AuditRecord::new(&ctx.name, peer);
+        audit.decision = Verdict::Deny.as_str();
+        audit.reason = Reason::Overloaded.as_str();
+        audit.details = Some("maxConnections reached; closed before the TLS handshake".to_owned());
+        gw.audit.write(audit);
+        return;
+    }
     let acceptor = store.current().acceptor.clone();
     // The TLS handshake counts against the same whole-head deadline as the request head.
     let deadline = Instant::now() + ctx.gateway.config.limits.header_read_timeout;
@@ -154,7 +169,7 @@ async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) 
                     Err(why) => Mtls::NotAnIdentity(why.to_string()),
                 },
             };
-            serve_caller(&ctx, tls, peer, mtls).await;
+            serve_caller(&ctx, tls, peer, mtls, active).await;
         }
         Ok(Err(e)) => {
             let reason = e
@@ -202,10 +217,10 @@ async fn serve_caller<S: Caller>(
     mut client: S,
     peer: SocketAddr,
     mtls: Mtls,
+    active: Option<Active<'_>>,
 ) {
     let gw = &ctx.gateway;
     let mut audit = AuditRecord::new(&ctx.name, peer);
-    let active = gw.conns.enter(&ctx.metrics);
     let result = match active {
         Some(_) => proxy(ctx, &mut client, peer, mtls, &mut audit).await,
         None => Err(Reject::new(Reason::Overloaded, "maxConnections reached")),

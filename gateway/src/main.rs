@@ -204,13 +204,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_INVALID);
                 }
             }
-            let mut acceptors = std::collections::HashMap::new();
+            let mut cert_stores = std::collections::HashMap::new();
             let metrics = Arc::new(metrics::Metrics::new());
             for l in &cfg.listeners {
                 if let Some(t) = &l.tls {
                     match tls::CertStore::open(&l.name, t.clone(), Arc::clone(&metrics)) {
                         Ok(a) => {
-                            acceptors.insert(l.name.clone(), a);
+                            cert_stores.insert(l.name.clone(), a);
                         }
                         Err(e) => {
                             eprintln!(
@@ -233,7 +233,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(cfg, metrics, acceptors)) {
+            match runtime.block_on(run(cfg, metrics, cert_stores)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "egress-gateway failed");

@@ -622,3 +622,48 @@ async fn spiffe_id_and_service_account_selectors_apply_to_mtls_callers() {
     assert_eq!(line["rule"], "no-cashier");
     assert_eq!(line["identity_source"], "mtls");
 }
+
+#[tokio::test]
+async fn tls_handshakes_count_against_max_connections() {
+    let pki = temp_dir("pki-limit");
+    certs_dev(&pki, &["spiffe://cluster.local/ns/payments/sa/checkout"]);
+    let dns = DnsServer::start().await;
+    dns.set("web.test", &["127.0.0.1"]);
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let tls = format!(
+        "    tls:\n      cert: {}\n      key: {}\n      clientCa: {}\n",
+        pki.join("gateway.crt").display(),
+        pki.join("gateway.key").display(),
+        pki.join("ca.crt").display()
+    );
+    let gw = Gateway::start_with_listener(
+        POLICY,
+        &tls,
+        &format!(
+            "dns:\n  nameservers: [\"{}\"]\nlimits:\n  maxConnections: 1\n",
+            dns.addr
+        ),
+    )
+    .await;
+    let target = format!("web.test:{}", echo.addr.port());
+    let (_held, status) = tls_connect(&gw, &pki.join("ca.crt"), &pki, "checkout", &target)
+        .await
+        .expect("first");
+    assert_eq!(status, 200);
+    let second = tls_connect(&gw, &pki.join("ca.crt"), &pki, "checkout", &target).await;
+    assert!(
+        second.is_err(),
+        "over the limit, the connection is closed before any handshake"
+    );
+    let line = gw
+        .wait_audit("the overloaded line", |v| v["reason"] == "overloaded")
+        .await;
+    assert_eq!(line["decision"], "deny");
+    assert_eq!(
+        gw.metric(
+            "egress_connections_total{listener=\"proxy\",decision=\"deny\",reason=\"overloaded\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+}
