@@ -16,13 +16,21 @@
 #   SOURCES        client source addresses 127.0.0.1..127.0.0.N for connection rate and idle (default
 #                  16): loopback connect() reuses a port only once its TIME_WAIT is ~1 s old, which
 #                  caps a single source address near 14k connections/s, below what the proxies do
+#   MTLS           1: after the table, also measure the mTLS handshake rate (egress-bench mtls-rate,
+#                  CONCURRENCY workers, SOURCES sources, SECONDS) of nginx-upstream's mTLS terminator
+#                  (9106, GET /) and of egress-gateway's TLS listener proxy-mtls (9201, CONNECT to the
+#                  echo upstream + 64-byte echo), with the server's CPU per handshake; only: just
+#                  that (BENCH_ONLY is ignored). Unset or 0: not measured (the default). Certificates
+#                  are peers.sh's (BENCH_CERTS, default BENCH_RUN_DIR/certs), made if missing.
 #
 # Pinning (2 cores): every proxy runs on CPU 0 (peers.sh and this script use taskset -c 0); the
 # client and the echo/discard upstreams run on CPU 1. Only ratios from one run mean anything.
 #
 # Ports (127.0.0.1): echo upstream 9000, discard upstream 9001 (egress-bench upstreams);
 #   haproxy-tcp 9107 echo / 9109 discard, nginx-stream 9108 / 9110, envoy-tcp 9112 / 9113,
-#   squid CONNECT 9103, envoy-connect CONNECT 9114, egress-gateway CONNECT 9200 (admin 9901).
+#   squid CONNECT 9103, envoy-connect CONNECT 9114, egress-gateway CONNECT 9200 (admin 9901);
+#   with MTLS: nginx-upstream mTLS terminator 9106 (its TLS upstream 9443 starts too), egress-gateway
+#   TLS (mTLS) CONNECT listener proxy-mtls 9201.
 # What the peers allow (read from ../shared/bench/conf): squid.conf allows CONNECT to 127.0.0.1
 #   ports 5201 9443 9000 9001; envoy-connect.conf routes the authorities 127.0.0.1:9000 (echo) and
 #   127.0.0.1:9001 (sink). The CONNECT clients therefore ask for 127.0.0.1:9001 (throughput) and
@@ -46,6 +54,14 @@ concurrency=${CONCURRENCY:-50}
 idle_count=${IDLE_COUNT:-2000}
 sources=${SOURCES:-16}
 only=${BENCH_ONLY:-direct haproxy-tcp nginx-stream envoy-tcp squid envoy-connect egress-gateway}
+mtls=${MTLS:-0}
+case $mtls in
+  0 | 1) ;;
+  only) only="" ;;
+  *) echo "$0: MTLS must be 1, only or 0" >&2; exit 2 ;;
+esac
+# peers.sh's certificates (peers.sh reads BENCH_CERTS too); only the mTLS section uses them.
+certs=${BENCH_CERTS:-$run/certs}
 clientlog=$run/egress-bench-client.log
 : >"$clientlog"
 
@@ -60,6 +76,7 @@ selected() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 cd "$repo"
 pkgs=(-p egress-bench)
 selected egress-gateway && pkgs=(-p egress-gateway -p egress-bench)
+[ "$mtls" = 0 ] || pkgs=(-p egress-gateway -p egress-bench)
 case $profile in
   release) cargo build --release "${pkgs[@]}"; bin=$repo/target/release ;;
   debug) cargo build "${pkgs[@]}"; bin=$repo/target/debug ;;
@@ -136,12 +153,27 @@ up_pid=$!
 wait_port 9000 10 && wait_port 9001 10 || { cat "$run/upstreams.log" >&2; die "upstreams did not start"; }
 
 # ---- the gateway's config ----------------------------------------------------------------------
-write_gateway_config() {
-  cat >"$run/gateway-policy.yaml" <<'EOF'
+write_gateway_config() { # [mtls]: also the TLS listener proxy-mtls on 9201 and a SPIFFE rule
+  local with_mtls=${1:-}
+  {
+    cat <<'EOF'
 version: 1
 mode: enforce
 default: deny
 rules:
+EOF
+    # First in the file, so that the audit names it for the mTLS caller (the loopback rule below
+    # admits that caller too; rule order never changes allow versus deny).
+    [ "$with_mtls" != mtls ] || cat <<'EOF'
+  - name: bench-mtls-client
+    action: allow
+    from:
+      - spiffe: spiffe://bench.test/ns/bench/sa/client
+    to:
+      - cidr: 127.0.0.1/32
+        ports: [9000]
+EOF
+    cat <<'EOF'
   - name: bench-loopback
     action: allow
     from:
@@ -151,11 +183,27 @@ rules:
       - cidr: 127.0.0.1/32
         ports: [9000, 9001]
 EOF
-  cat >"$run/gateway.yaml" <<EOF
+  } >"$run/gateway-policy.yaml"
+  {
+    cat <<EOF
 listeners:
   - name: bench
     kind: connect
     address: 127.0.0.1:9200
+EOF
+    # peers.sh's server certificate (DNS upstream.test, localhost, IP 127.0.0.1) and CA; the
+    # client's certificate (URI spiffe://bench.test/ns/bench/sa/client) chains to that CA.
+    [ "$with_mtls" != mtls ] || cat <<EOF
+  - name: proxy-mtls
+    kind: connect
+    address: 127.0.0.1:9201
+    tls:
+      cert: $certs/server.crt
+      key: $certs/server.key
+      clientCa: [$certs/ca.crt]
+      clientAuth: required
+EOF
+    cat <<EOF
 policy:
   path: $run/gateway-policy.yaml
 limits:
@@ -166,6 +214,7 @@ log:
   format: text
   level: warn
 EOF
+  } >"$run/gateway.yaml"
 }
 
 # ---- measurements ------------------------------------------------------------------------------
@@ -246,6 +295,7 @@ for name in $only; do
 done
 
 # ---- the table ---------------------------------------------------------------------------------
+if [ "$mtls" != only ]; then
 num() { [[ ${1:-} =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; }
 ratio() { # a b
   if num "${1:-}" && num "${2:-}" && awk -v b="$2" 'BEGIN{exit !(b != 0)}'; then
@@ -278,3 +328,114 @@ show() { local v=${1:-}; [ -n "$v" ] && [ "$v" != n/a ] && echo "$v" || echo "�
   done
 } | tee "$run/results.md"
 log "table saved to $run/results.md; client details in $clientlog"
+fi
+
+# ---- mTLS handshake rate (MTLS=1 or MTLS=only) ---------------------------------------------------
+# egress-bench mtls-rate: every cycle is a TCP connect, a full TLS 1.3 handshake with the client
+# certificate (the client disables resumption), one small exchange and close_notify. Paths:
+#   nginx-upstream  mode http:    nginx's mTLS terminator on 9106 (ssl_verify_client on), GET / -> 200
+#   egress-gateway  mode connect: the gateway's TLS listener proxy-mtls on 9201, CONNECT
+#                   127.0.0.1:9000 (allowed by the rule for the client's SPIFFE ID), 64-byte echo
+# Both use peers.sh's certificates ($certs: ca.crt, server.crt/key for the servers, client.crt/key
+# with URI SAN spiffe://bench.test/ns/bench/sa/client); the server certificate names localhost,
+# hence --server-name localhost.
+# Envoy: ../shared/bench/conf has no Envoy configuration that terminates mTLS (envoy-tcp and
+# envoy-connect are plaintext), so Envoy is not measured here.
+# Server CPU: utime+stime of the server's processes from /proc/PID/stat (all threads; for nginx,
+# master and worker) before and after the client run, divided by the handshakes completed. It
+# includes the exchange (for the gateway: CONNECT, policy, upstream dial and relay).
+if [ "$mtls" != 0 ]; then
+  declare -A MRATE MERRS MP50 MP99 MCPU MMODE
+  mtls_order=()
+  clk_tck=$(getconf CLK_TCK)
+  cpu_ticks() { # pid...: utime+stime summed over the processes, in clock ticks
+    local p sum=0 t
+    for p in "$@"; do
+      # Fields after the ')' that closes comm: state is field 3, so utime (14) is $12, stime (15) $13.
+      t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || return 1
+      [ -n "$t" ] || return 1
+      sum=$((sum + t))
+    done
+    echo "$sum"
+  }
+  mtls_measure() { # name mode port pid... (the server's processes; none: no CPU figure)
+    local name=$1 mode=$2 port=$3 out c0="" c1="" to=()
+    shift 3
+    [ "$mode" != connect ] || to=(--connect-to 127.0.0.1:9000)
+    mtls_order+=("$name"); MMODE[$name]=$mode; MCPU[$name]=n/a
+    echo "== mtls $name" >>"$clientlog"
+    [ $# -eq 0 ] || c0=$(cpu_ticks "$@") || c0=""
+    if out=$(client mtls-rate --target "127.0.0.1:$port" --mode "$mode" "${to[@]}" \
+      --ca "$certs/ca.crt" --cert "$certs/client.crt" --key "$certs/client.key" --server-name localhost \
+      --concurrency "$concurrency" --sources "$sources" --seconds "$secs" --label "$name"); then
+      MRATE[$name]=$(field "$out" 3); MERRS[$name]=$(field "$out" 6)
+      MP50[$name]=$(field "$out" 8); MP99[$name]=$(field "$out" 10)
+    else MRATE[$name]=n/a; MERRS[$name]=n/a; MP50[$name]=n/a; MP99[$name]=n/a; log "$name: mtls-rate failed (see $clientlog)"; fi
+    [ $# -eq 0 ] || c1=$(cpu_ticks "$@") || c1=""
+    if [ -n "$c0" ] && [ -n "$c1" ] && [ "${MRATE[$name]}" != n/a ]; then
+      MCPU[$name]=$(awk -v d=$((c1 - c0)) -v hz="$clk_tck" -v r="${MRATE[$name]}" -v s="$secs" \
+        'BEGIN { if (r * s > 0) printf "%.3f", d * 1000 / hz / (r * s); else print "n/a" }')
+    fi
+    log "$name (mTLS, $mode): ${MRATE[$name]} hs/s, errors ${MERRS[$name]}, p50 ${MP50[$name]} us," \
+      "p99 ${MP99[$name]} us, server CPU ${MCPU[$name]} ms/handshake"
+  }
+
+  certs_ok() {
+    local f
+    for f in ca server client; do
+      [ -f "$certs/$f.crt" ] && [ -f "$certs/$f.key" ] || return 1
+      openssl x509 -checkend 3600 -noout -in "$certs/$f.crt" >/dev/null 2>&1 || return 1
+    done
+  }
+  if ! certs_ok; then
+    log "making peers.sh certificates in $certs (missing or expiring within an hour)"
+    "$peers" certs "$certs" >/dev/null
+    certs_ok || die "no usable certificates in $certs"
+  fi
+
+  # nginx-upstream: 9443 (the TLS upstream, unused here) and 9106 (the mTLS terminator), one worker.
+  if ports_free 9443 9106; then
+    cur_peer=nginx-upstream
+    if BENCH_CERTS=$certs "$peers" start nginx-upstream >/dev/null; then
+      if wait_port 9106 20; then
+        master=$(cat "$run/nginx-upstream.pid")
+        mapfile -t nginx_pids < <(echo "$master"; pgrep -P "$master" || true)
+        mtls_measure nginx-upstream http 9106 "${nginx_pids[@]}"
+      else log "nginx-upstream does not listen on 9106"; fi
+      stop_peer
+    else log "nginx-upstream did not start"; cur_peer=""; fi
+  else log "nginx-upstream: skipped"; fi
+  sleep 1
+
+  # egress-gateway: the plain listener on 9200 as usual, plus proxy-mtls on 9201.
+  if ports_free 9200 9201 9901; then
+    write_gateway_config mtls
+    taskset -c 0 "$bin/egress-gateway" run --config "$run/gateway.yaml" \
+      >/dev/null 2>"$run/egress-gateway-mtls.log" &
+    gw_pid=$!
+    if wait_port 9201 20; then
+      mtls_measure egress-gateway connect 9201 "$gw_pid"
+    else
+      log "egress-gateway does not listen on 9201:"; cat "$run/egress-gateway-mtls.log" >&2
+    fi
+    stop_gateway
+  else log "egress-gateway (mTLS): skipped"; fi
+
+  mshow() { local v=${1:-}; [ -n "$v" ] && [ "$v" != n/a ] && echo "$v" || echo "—"; }
+  {
+    echo
+    echo "### mTLS handshake rate, $(date -u +%Y-%m-%dT%H:%MZ), ${secs} s per figure, profile $profile"
+    echo
+    echo "Full TLS 1.3 handshakes with a client certificate (ECDSA P-256, no resumption), c=$concurrency," \
+      "$sources sources; server on CPU 0, client on CPU 1. Server CPU: utime+stime of the server's" \
+      "processes per handshake, exchange included. Envoy: no mTLS configuration in shared/bench/conf."
+    echo
+    echo "| path | exchange | handshakes/s | errors | p50 (µs) | p99 (µs) | server CPU (ms/handshake) |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    for n in "${mtls_order[@]}"; do
+      case ${MMODE[$n]} in connect) x="CONNECT + 64 B echo" ;; *) x="GET / → 200" ;; esac
+      echo "| $n | $x | $(mshow "${MRATE[$n]}") | $(mshow "${MERRS[$n]}") | $(mshow "${MP50[$n]}") | $(mshow "${MP99[$n]}") | $(mshow "${MCPU[$n]}") |"
+    done
+  } | tee "$run/results-mtls.md"
+  log "mTLS table saved to $run/results-mtls.md; client details in $clientlog"
+fi

@@ -1,5 +1,6 @@
 //! The client side: how a tunnel is opened (plain TCP or HTTP CONNECT) and the three measurements.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
@@ -27,6 +28,8 @@ const THROUGHPUT_BUF: usize = 128 * 1024;
 const COUNT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Payload of one connection-rate cycle.
 const ECHO_BYTES: usize = 64;
+/// What a connection-rate cycle writes and expects back.
+pub const ECHO_PAYLOAD: [u8; ECHO_BYTES] = [0x5a; ECHO_BYTES];
 /// Pause after a failed cycle, so that a refusing target does not turn a worker into a busy loop.
 const ERROR_BACKOFF: Duration = Duration::from_millis(1);
 
@@ -95,32 +98,49 @@ impl Route {
 
     /// Connect to the target, from the next source address in turn when there are several.
     async fn dial(&self) -> std::io::Result<TcpStream> {
-        if self.sources <= 1 {
-            return TcpStream::connect(self.target).await;
-        }
-        let n = self.next_source.fetch_add(1, Ordering::Relaxed) % u32::from(self.sources);
-        // 127.0.0.1 + n, n < 255: never leaves 127.0.0.0/8.
-        let src = Ipv4Addr::new(127, 0, 0, 1 + n as u8);
-        let socket = TcpSocket::new_v4()?;
-        sys::set_bind_address_no_port(socket.as_raw_fd())?;
-        socket.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
-        socket.connect(self.target).await
+        dial(self.target, self.sources, &self.next_source).await
     }
+}
+
+/// Connect to `target` from the next of `sources` source addresses (127.0.0.1, 127.0.0.2, ...),
+/// taken in turn with the counter `next`; with one source, from wherever the kernel chooses.
+pub async fn dial(target: SocketAddr, sources: u8, next: &AtomicU32) -> std::io::Result<TcpStream> {
+    if sources <= 1 {
+        return TcpStream::connect(target).await;
+    }
+    let n = next.fetch_add(1, Ordering::Relaxed) % u32::from(sources);
+    // 127.0.0.1 + n, n < 255: never leaves 127.0.0.0/8.
+    let src = Ipv4Addr::new(127, 0, 0, 1 + n as u8);
+    let socket = TcpSocket::new_v4()?;
+    sys::set_bind_address_no_port(socket.as_raw_fd())?;
+    socket.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
+    socket.connect(target).await
 }
 
 /// Read the CONNECT response head up to the blank line, require status 200, and return whatever
 /// was read past the head.
-async fn read_connect_head(stream: &mut TcpStream) -> Result<Vec<u8>> {
+pub async fn read_connect_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>> {
+    let (head, rest) = read_head(stream, "CONNECT response").await?;
+    check_status(&head, "CONNECT refused")?;
+    Ok(rest)
+}
+
+/// Read an HTTP/1 response head up to and including the blank line. Returns the head and whatever
+/// was read past it. `what` names the response in errors.
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    what: &str,
+) -> Result<(Vec<u8>, Vec<u8>)> {
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     let mut chunk = [0u8; 1024];
     loop {
         let n = stream
             .read(&mut chunk)
             .await
-            .context("reading the CONNECT response")?;
+            .with_context(|| format!("reading the {what}"))?;
         if n == 0 {
             bail!(
-                "proxy closed the connection before the end of the CONNECT response head ({})",
+                "the peer closed the connection before the end of the {what} head ({})",
                 first_line(&buf)
             );
         }
@@ -128,11 +148,11 @@ async fn read_connect_head(stream: &mut TcpStream) -> Result<Vec<u8>> {
         buf.extend_from_slice(&chunk[..n]);
         if let Some(pos) = find(&buf[from..], b"\r\n\r\n") {
             let end = from + pos + 4;
-            check_status(&buf[..end])?;
-            return Ok(buf[end..].to_vec());
+            let rest = buf.split_off(end);
+            return Ok((buf, rest));
         }
         if buf.len() > MAX_HEAD {
-            bail!("CONNECT response head longer than {MAX_HEAD} bytes");
+            bail!("{what} head longer than {MAX_HEAD} bytes");
         }
     }
 }
@@ -154,8 +174,9 @@ fn first_line(head: &[u8]) -> String {
     }
 }
 
-/// `HTTP/1.x 200 ...` passes; anything else is an error naming the status line.
-fn check_status(head: &[u8]) -> Result<()> {
+/// `HTTP/1.x 200 ...` passes; anything else is an error naming the status line, after `refused`
+/// when the response is HTTP/1 with another status.
+pub fn check_status(head: &[u8], refused: &str) -> Result<()> {
     let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
     let mut parts = line.splitn(3, |&b| b == b' ');
     let version = parts.next().unwrap_or(&[]);
@@ -164,7 +185,7 @@ fn check_status(head: &[u8]) -> Result<()> {
         bail!("not an HTTP/1 response: {}", first_line(head));
     }
     if code != b"200" {
-        bail!("CONNECT refused: {}", first_line(head));
+        bail!("{refused}: {}", first_line(head));
     }
     Ok(())
 }
@@ -266,7 +287,7 @@ pub async fn throughput(route: &Route, secs: Duration) -> Result<()> {
 // connection rate
 
 #[derive(Default)]
-struct WorkerStats {
+pub struct WorkerStats {
     ok: u64,
     errors: u64,
     latencies_us: Vec<u32>,
@@ -280,11 +301,43 @@ pub async fn connrate(route: Route, concurrency: usize, secs: Duration) -> Resul
     let deadline = Instant::now() + secs;
     let mut set = JoinSet::new();
     for _ in 0..concurrency {
-        set.spawn(worker(route.clone(), deadline));
+        let route = route.clone();
+        set.spawn(worker(deadline, move || {
+            let route = route.clone();
+            async move { cycle(&route, &ECHO_PAYLOAD).await }
+        }));
     }
+    let total = gather(set, "a connection-rate worker failed").await?;
+    report(
+        &RateReport {
+            metric: "connrate",
+            label: &route.label,
+            cycles: "cycles",
+            unit: "conn/s",
+        },
+        total,
+        concurrency,
+        secs,
+    );
+    Ok(())
+}
+
+/// How a rate measurement names itself in its output lines.
+pub struct RateReport<'a> {
+    /// First word of both lines, e.g. `connrate`.
+    pub metric: &'a str,
+    pub label: &'a str,
+    /// What one successful cycle is called on stderr, plural.
+    pub cycles: &'a str,
+    /// Unit of the rate on stdout, e.g. `conn/s`.
+    pub unit: &'a str,
+}
+
+/// Wait for every worker and add up their figures.
+pub async fn gather(mut set: JoinSet<WorkerStats>, what: &'static str) -> Result<WorkerStats> {
     let mut total = WorkerStats::default();
     while let Some(r) = set.join_next().await {
-        let s = r.context("a connection-rate worker failed")?;
+        let s = r.context(what)?;
         total.ok += s.ok;
         total.errors += s.errors;
         total.latencies_us.extend(s.latencies_us);
@@ -292,18 +345,26 @@ pub async fn connrate(route: Route, concurrency: usize, secs: Duration) -> Resul
             total.first_error = s.first_error;
         }
     }
+    Ok(total)
+}
+
+/// Details on stderr, then one line on stdout:
+/// `<metric> <label> <rate> <unit> errors <n> p50_us <a> p99_us <b>`.
+pub fn report(r: &RateReport<'_>, mut total: WorkerStats, concurrency: usize, secs: Duration) {
     total.latencies_us.sort_unstable();
     let rate = total.ok as f64 / secs.as_secs_f64();
     let p50 = percentile(&total.latencies_us, 50.0);
     let p99 = percentile(&total.latencies_us, 99.0);
     if let Some(e) = &total.first_error {
-        eprintln!("connrate {}: first error: {e}", route.label);
+        eprintln!("{} {}: first error: {e}", r.metric, r.label);
     }
     eprintln!(
-        "connrate {}: {} cycles, {} errors in {} s with {concurrency} workers; \
+        "{} {}: {} {}, {} errors in {} s with {concurrency} workers; \
          latency us p50 {p50} p90 {} p99 {p99} p99.9 {} max {}",
-        route.label,
+        r.metric,
+        r.label,
         total.ok,
+        r.cycles,
         total.errors,
         secs.as_secs(),
         percentile(&total.latencies_us, 90.0),
@@ -311,22 +372,26 @@ pub async fn connrate(route: Route, concurrency: usize, secs: Duration) -> Resul
         total.latencies_us.last().copied().unwrap_or(0),
     );
     println!(
-        "connrate {} {rate:.0} conn/s errors {} p50_us {p50} p99_us {p99}",
-        route.label, total.errors
+        "{} {} {rate:.0} {} errors {} p50_us {p50} p99_us {p99}",
+        r.metric, r.label, r.unit, total.errors
     );
-    Ok(())
 }
 
-async fn worker(route: Arc<Route>, deadline: Instant) -> WorkerStats {
+/// One worker: run `cycle` in a loop until `deadline`, each cycle bounded by [`CYCLE_TIMEOUT`],
+/// timing the successful ones. A cycle still in flight at the deadline counts neither way.
+pub async fn worker<F, Fut>(deadline: Instant, mut cycle: F) -> WorkerStats
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
     let mut st = WorkerStats::default();
-    let payload = [0x5au8; ECHO_BYTES];
     loop {
         let t0 = Instant::now();
         if t0 >= deadline {
             break;
         }
         let limit = (t0 + CYCLE_TIMEOUT).min(deadline);
-        match timeout_at(limit, cycle(&route, &payload)).await {
+        match timeout_at(limit, cycle()).await {
             Ok(Ok(())) => {
                 st.ok += 1;
                 let us = t0.elapsed().as_micros();
@@ -358,14 +423,24 @@ async fn cycle(route: &Route, payload: &[u8]) -> Result<()> {
 
 /// Read `payload.len()` bytes (the leftover of the CONNECT head first) and compare with `payload`.
 async fn echo_back(t: &mut Tunnel, payload: &[u8]) -> Result<()> {
+    read_echo(&mut t.stream, &mut t.leftover, payload).await
+}
+
+/// Read `payload.len()` bytes from `leftover` (what arrived behind the CONNECT response head,
+/// consumed) and then `stream`, and compare them with `payload`.
+pub async fn read_echo<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    leftover: &mut Vec<u8>,
+    payload: &[u8],
+) -> Result<()> {
     let mut got = vec![0u8; payload.len()];
-    let pre = t.leftover.len();
+    let pre = leftover.len();
     if pre > got.len() {
         bail!("{pre} unexpected bytes after the CONNECT response");
     }
-    got[..pre].copy_from_slice(&t.leftover);
-    t.leftover.clear();
-    t.stream
+    got[..pre].copy_from_slice(leftover);
+    leftover.clear();
+    stream
         .read_exact(&mut got[pre..])
         .await
         .context("reading the echo")?;
@@ -426,11 +501,11 @@ mod tests {
 
     #[test]
     fn status_line() {
-        assert!(check_status(b"HTTP/1.1 200 Connection established\r\n\r\n").is_ok());
-        assert!(check_status(b"HTTP/1.0 200\r\n\r\n").is_ok());
-        assert!(check_status(b"HTTP/1.1 403 Forbidden\r\n\r\n").is_err());
-        assert!(check_status(b"HTTP/1.1 2000 x\r\n\r\n").is_err());
-        assert!(check_status(b"SSH-2.0\r\n\r\n").is_err());
+        assert!(check_status(b"HTTP/1.1 200 Connection established\r\n\r\n", "refused").is_ok());
+        assert!(check_status(b"HTTP/1.0 200\r\n\r\n", "refused").is_ok());
+        assert!(check_status(b"HTTP/1.1 403 Forbidden\r\n\r\n", "refused").is_err());
+        assert!(check_status(b"HTTP/1.1 2000 x\r\n\r\n", "refused").is_err());
+        assert!(check_status(b"SSH-2.0\r\n\r\n", "refused").is_err());
     }
 
     #[test]

@@ -8,22 +8,27 @@
 //! egress-bench throughput --target ADDR [--via tcp|connect] [--connect-to 127.0.0.1:9001] --seconds N
 //! egress-bench connrate   --target ADDR [--via tcp|connect] [--connect-to 127.0.0.1:9000] --concurrency 50 --seconds N
 //! egress-bench idle       --target ADDR [--via tcp|connect] [--connect-to 127.0.0.1:9000] --count N --pid PID
+//! egress-bench mtls-rate  --target ADDR --mode connect|http --ca CA.pem --cert CLIENT.pem --key CLIENT.key
+//!                         [--server-name localhost] [--connect-to 127.0.0.1:9000] --concurrency 50 --seconds N
 //! ```
 //!
 //! Each measurement prints one line on stdout (`<metric> <label> <value> <unit> ...`); details go to
 //! stderr.
 
 mod client;
+mod mtls;
 mod sys;
 mod upstreams;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::Route;
+use crate::mtls::{MtlsMode, MtlsTarget, PemPaths};
 
 /// Default echo upstream, the CONNECT target for connection-rate and idle work.
 const ECHO_DEFAULT: &str = "127.0.0.1:9000";
@@ -85,6 +90,47 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         settle_ms: u64,
     },
+    /// Workers in a loop: open, full TLS 1.3 handshake with a client certificate (no resumption),
+    /// one small exchange (CONNECT + 64-byte echo, or GET /), close_notify.
+    MtlsRate(MtlsArgs),
+}
+
+#[derive(Args)]
+struct MtlsArgs {
+    /// The TLS endpoint to dial: an HTTPS CONNECT proxy (mode connect) or an HTTPS server (http).
+    #[arg(long)]
+    target: SocketAddr,
+    /// What to do inside the TLS session.
+    #[arg(long, value_enum)]
+    mode: MtlsMode,
+    /// PEM trust bundle for the server's certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// PEM client certificate chain, leaf first.
+    #[arg(long)]
+    cert: PathBuf,
+    /// PEM private key of the client certificate (PKCS#8, SEC1 or PKCS#1).
+    #[arg(long)]
+    key: PathBuf,
+    /// Name the server's certificate is checked against (SNI too, unless an IP address); in mode
+    /// http also the Host header.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// With `--mode connect`: the authority to CONNECT to (default: the echo upstream).
+    #[arg(long)]
+    connect_to: Option<SocketAddr>,
+    /// Number of concurrent workers, each with its own TLS client configuration.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Duration of the measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Name printed in the result line (default: the target address).
+    #[arg(long)]
+    label: Option<String>,
+    /// Spread the connections over this many source addresses, 127.0.0.1 upwards (1..=254).
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
 }
 
 #[derive(Args)]
@@ -180,7 +226,61 @@ async fn run(cmd: Cmd) -> Result<()> {
             let route = route(path, ECHO_DEFAULT)?;
             client::idle(&route, count, pid, Duration::from_millis(settle_ms)).await
         }
+        Cmd::MtlsRate(a) => {
+            let (target, pems, concurrency, secs) = mtls_target(a)?;
+            mtls::mtls_rate(target, &pems, concurrency, secs).await
+        }
     }
+}
+
+fn mtls_target(a: MtlsArgs) -> Result<(MtlsTarget, PemPaths, usize, Duration)> {
+    let target = loopback(a.target, "--target")?;
+    if a.mode == MtlsMode::Http && a.connect_to.is_some() {
+        bail!("--connect-to only applies to --mode connect");
+    }
+    let connect_to = match a.connect_to {
+        Some(c) => c,
+        None => ECHO_DEFAULT
+            .parse()
+            .context("parsing the default --connect-to")?,
+    };
+    let connect_to = loopback(connect_to, "--connect-to")?;
+    if !(1..=10_000).contains(&a.concurrency) {
+        bail!("--concurrency must be between 1 and 10000");
+    }
+    if !(1..=254).contains(&a.sources) {
+        bail!("--sources must be between 1 and 254");
+    }
+    let secs = duration(a.seconds)?;
+    let server_name =
+        rustls::pki_types::ServerName::try_from(a.server_name.clone()).with_context(|| {
+            format!(
+                "--server-name {:?}: not a DNS name or IP address",
+                a.server_name
+            )
+        })?;
+    let label = one_word(a.label.unwrap_or_else(|| target.to_string()))?;
+    let target = MtlsTarget {
+        target,
+        mode: a.mode,
+        server_name,
+        sources: a.sources,
+        request: MtlsTarget::request(a.mode, connect_to, &a.server_name),
+        label,
+    };
+    let pems = PemPaths {
+        ca: a.ca,
+        cert: a.cert,
+        key: a.key,
+    };
+    Ok((target, pems, a.concurrency, secs))
+}
+
+fn one_word(label: String) -> Result<String> {
+    if label.is_empty() || label.chars().any(char::is_whitespace) {
+        bail!("--label must be one word");
+    }
+    Ok(label)
 }
 
 fn duration(seconds: u64) -> Result<Duration> {
@@ -205,10 +305,7 @@ fn route(p: PathArgs, default_connect_to: &str) -> Result<Route> {
     if !(1..=254).contains(&p.sources) {
         bail!("--sources must be between 1 and 254");
     }
-    let label = p.label.unwrap_or_else(|| target.to_string());
-    if label.is_empty() || label.chars().any(char::is_whitespace) {
-        bail!("--label must be one word");
-    }
+    let label = one_word(p.label.unwrap_or_else(|| target.to_string()))?;
     Ok(Route::new(target, p.via, connect_to, p.sources, label))
 }
 
