@@ -21,6 +21,7 @@ mod relay;
 mod sys;
 mod tls;
 mod upstream;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use egress_policy::{Policy, PolicyErrors};
-use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -228,52 +227,19 @@ impl PolicyStore {
             }
             return;
         };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let watcher = {
-            let tx = tx.clone();
-            let file_name = path.file_name().map(|n| n.to_os_string());
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                let relevant = match &res {
-                    Ok(event) => concerns_policy(event, file_name.as_deref()),
-                    // A watcher error (e.g. queue overflow): check the file to be safe.
-                    Err(_) => true,
-                };
-                if relevant {
-                    // A full channel already means "reload pending".
-                    let _ = tx.try_send(());
-                }
-            })
-        };
-        let _watcher = match watcher {
-            Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => Some(w),
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policy directory; relying on SIGHUP and polling");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "no file watcher; relying on SIGHUP and polling");
-                None
-            }
-        };
-        let mut ticker = tokio::time::interval(poll);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let file_name = path.file_name().map(|n| n.to_os_string());
+        let mut trigger = crate::watch::Trigger::new(
+            &[crate::watch::parent_dir(&path)],
+            poll,
+            move |event| concerns_policy(event, file_name.as_deref()),
+            "policy",
+        );
         loop {
             tokio::select! {
-                Some(()) = rx.recv() => {
-                    // Let a burst of events (a symlink swap is several) settle into one reload.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    while rx.try_recv().is_ok() {}
-                }
+                () = trigger.next() => {}
                 Some(()) = hup.recv() => {
                     tracing::info!("SIGHUP: reloading policy");
                 }
-                _ = ticker.tick() => {}
             }
             self.reload_async().await;
         }

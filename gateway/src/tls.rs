@@ -15,7 +15,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use egress_certs::pem::{load_bundle, load_chain, load_key};
 use egress_certs::server::{client_verifier, server_config, still_trusted, ClientAuth};
-use notify::{RecursiveMode, Watcher};
 use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
 use sha2::{Digest, Sha256};
@@ -121,41 +120,13 @@ impl CertStore {
         let mut dirs: Vec<PathBuf> = [&self.cfg.cert, &self.cfg.key]
             .into_iter()
             .chain(&self.cfg.client_ca)
-            .map(|p| match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            })
+            .map(|p| crate::watch::parent_dir(p))
             .collect();
         dirs.sort();
         dirs.dedup();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            let _ = tx.try_send(());
-        });
-        let _watcher = match watcher {
-            Ok(mut w) => {
-                for d in &dirs {
-                    if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
-                        tracing::warn!(dir = %d.display(), error = %e, "cannot watch a certificate directory; relying on polling");
-                    }
-                }
-                Some(w)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no file watcher for certificates; relying on polling");
-                None
-            }
-        };
-        let mut ticker = tokio::time::interval(poll);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trigger = crate::watch::Trigger::new(&dirs, poll, |_| true, "certificates");
         loop {
-            tokio::select! {
-                Some(()) = rx.recv() => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    while rx.try_recv().is_ok() {}
-                }
-                _ = ticker.tick() => {}
-            }
+            trigger.next().await;
             let store = Arc::clone(&self);
             let result = tokio::task::spawn_blocking(move || store.reload()).await;
             match result {
