@@ -258,6 +258,19 @@ impl Gateway {
         })
     }
 
+    /// Waits (up to the deadline) for a metric sample to exist with a value of at least `min`;
+    /// returns its value, or whatever was last seen.
+    pub async fn wait_metric(&self, sample: &str, min: f64) -> Option<f64> {
+        let end = tokio::time::Instant::now() + crate::DEADLINE;
+        loop {
+            let seen = self.metric(sample).await;
+            if seen.is_some_and(|v| v >= min) || tokio::time::Instant::now() >= end {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .arg(format!("-{sig}"))

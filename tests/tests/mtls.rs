@@ -165,14 +165,7 @@ async fn handshakes_without_a_trusted_certificate_fail_and_are_counted_by_reason
         let sample = format!(
             "egress_tls_handshake_failures_total{{listener=\"proxy\",reason=\"{reason}\"}}"
         );
-        let mut seen = None;
-        for _ in 0..100 {
-            seen = s.gw.metric(&sample).await;
-            if seen.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let seen = s.gw.wait_metric(&sample, 1.0).await;
         assert_eq!(seen, Some(1.0), "{sample}");
     }
     s.gw.wait_audit("a handshake failure line", |v| {
@@ -265,14 +258,7 @@ async fn bad_client_certificates_fail_the_handshake_each_with_its_reason() {
         let sample = format!(
             "egress_tls_handshake_failures_total{{listener=\"proxy\",reason=\"{reason}\"}}"
         );
-        let mut seen = None;
-        for _ in 0..100 {
-            seen = s.gw.metric(&sample).await;
-            if seen.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        let seen = s.gw.wait_metric(&sample, 1.0).await;
         assert_eq!(seen, Some(1.0), "{stem}: {sample}");
     }
     s.web.expect_no_connection().await;
@@ -574,20 +560,16 @@ async fn certificates_and_trust_bundles_rotate_through_symlink_swaps() {
     std::fs::copy(two.join("ca.crt"), secret.join("..gen4/ca.crt")).expect("ca");
     std::os::unix::fs::symlink("..gen4", secret.join("..data_tmp")).expect("symlink");
     std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).expect("swap");
-    let mut rejected = false;
-    for _ in 0..150 {
-        if gw
-            .metric("egress_tls_reloads_total{listener=\"proxy\",result=\"error\"}")
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
-        {
-            rejected = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(rejected, "the broken certificate was not reported");
+    let rejected = gw
+        .wait_metric(
+            "egress_tls_reloads_total{listener=\"proxy\",result=\"error\"}",
+            1.0,
+        )
+        .await;
+    assert!(
+        rejected.is_some_and(|v| v >= 1.0),
+        "the broken certificate was not reported"
+    );
     let (_, status) = tls_connect(&gw, &two.join("ca.crt"), &two, "teller", &target)
         .await
         .expect("last good material");
