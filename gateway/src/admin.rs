@@ -11,23 +11,41 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use egress_pods::PodCache;
+
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 
-/// Readiness: true once the listeners are bound and the policy is loaded; false from the first
-/// moment of shutdown.
-#[derive(Default)]
+/// Readiness: true once the listeners are bound, the policy is loaded and (with Pod identity) the
+/// first full list of Pods is in; false from the first moment of shutdown.
 pub struct Readiness {
     ready: AtomicBool,
+    pods: Option<Arc<PodCache>>,
 }
 
 impl Readiness {
+    pub fn new(pods: Option<Arc<PodCache>>) -> Self {
+        Readiness {
+            ready: AtomicBool::new(false),
+            pods,
+        }
+    }
+
     pub fn set(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// The body of a failing `/readyz`.
+    pub fn why_not(&self) -> &'static str {
+        if !self.ready.load(Ordering::Acquire) {
+            "not ready\n"
+        } else {
+            "not ready: waiting for the first full list of Pods\n"
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.pods.as_ref().is_none_or(|p| p.is_synced())
     }
 }
 
@@ -67,7 +85,11 @@ impl Admin {
                 if self.readiness.is_ready() {
                     text(StatusCode::OK, "text/plain", "ready\n")
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        self.readiness.why_not(),
+                    )
                 }
             }
             "/policy" => {

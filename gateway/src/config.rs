@@ -163,6 +163,10 @@ struct RawKubernetes {
     enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kubeconfig: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label_selector: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -383,12 +387,33 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
+/// `identity.kubernetes`: where the Pod watch connects and what it watches.
+#[derive(Clone, Debug)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file; `None` = the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    pub namespace: Option<String>,
+    pub label_selector: Option<String>,
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 /// The validated gateway configuration.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub listeners: Vec<ListenerConfig>,
     pub trust_domain: String,
     pub statics: Vec<StaticIdentity>,
+    /// The Pod identity source, when `identity.kubernetes.enabled`.
+    pub kubernetes: Option<KubernetesConfig>,
     pub policy_path: Option<PathBuf>,
     pub nameservers: Vec<SocketAddr>,
     pub hosts: BTreeMap<String, Vec<IpAddr>>,
@@ -564,12 +589,30 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
             tls,
         });
     }
-    if raw.identity.kubernetes.enabled {
-        return Err(invalid(
-            "identity.kubernetes.enabled: the Pod identity source is not available in this build"
-                .into(),
-        ));
-    }
+    let k = raw.identity.kubernetes;
+    let kubernetes = if k.enabled {
+        if let Some(ns) = &k.namespace {
+            if !is_dns_label(ns) {
+                return Err(invalid(format!(
+                    "identity.kubernetes.namespace {ns:?} is not a namespace name"
+                )));
+            }
+        }
+        if let Some(sel) = &k.label_selector {
+            if sel.trim().is_empty() || sel.chars().any(|c| c.is_control()) {
+                return Err(invalid(format!(
+                    "identity.kubernetes.labelSelector {sel:?} is not a label selector"
+                )));
+            }
+        }
+        Some(KubernetesConfig {
+            kubeconfig: k.kubeconfig,
+            namespace: k.namespace,
+            label_selector: k.label_selector,
+        })
+    } else {
+        None
+    };
     let td = &raw.identity.trust_domain;
     SpiffePattern::parse(&format!("spiffe://{td}"))
         .map_err(|e| invalid(format!("identity.trustDomain: {e}")))?;
@@ -620,6 +663,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
         listeners,
         trust_domain: raw.identity.trust_domain,
         statics,
+        kubernetes,
         policy_path: raw.policy.path,
         nameservers: raw.dns.nameservers,
         hosts,
@@ -712,6 +756,13 @@ mod tests {
             &[]
         )
         .is_err());
-        assert!(parse("identity:\n  kubernetes:\n    enabled: true\n", &[]).is_err());
+        let c = parse("identity:\n  kubernetes:\n    enabled: true\n", &[]).expect("valid");
+        assert!(c.kubernetes.is_some_and(|k| k.kubeconfig.is_none()));
+        assert!(parse("identity:\n  kubernetes:\n    enabled: false\n", &[])
+            .expect("valid")
+            .kubernetes
+            .is_none());
+        let bad = "identity:\n  kubernetes:\n    enabled: true\n    namespace: Bad_NS\n";
+        assert!(parse(bad, &[]).is_err());
     }
 }

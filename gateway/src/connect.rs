@@ -22,7 +22,7 @@ use crate::audit::{AuditRecord, AuditSink, ShadowEntry};
 use crate::config::GatewayConfig;
 use crate::dns::Dns;
 use crate::http::{self, Body, ChunkedScanner, ProxyRequest};
-use crate::identity::StaticIdentities;
+use crate::identity::Identities;
 use crate::metrics::{ListenerMetrics, Metrics, RuleLabels};
 use crate::policy_store::PolicyStore;
 use crate::reason::{Reason, Reject};
@@ -35,7 +35,7 @@ pub struct Gateway {
     pub dns: Dns,
     pub metrics: Arc<Metrics>,
     pub audit: AuditSink,
-    pub identities: StaticIdentities,
+    pub identities: Identities,
     /// The gateway's own listening sockets, never dialed.
     pub own_sockets: crate::upstream::OwnSockets,
     pub conns: ConnTracker,
@@ -287,6 +287,7 @@ async fn proxy<S: Caller>(
     // Order of identity sources: the client certificate when it carries an identity; a caller
     // whose certificate is not an X.509-SVID has no identity at all; else the static table.
     let mut presented_chain = None;
+    let mut note = None;
     let identity = match mtls {
         Mtls::Identity(id, chain) => {
             presented_chain = Some(chain);
@@ -296,7 +297,11 @@ async fn proxy<S: Caller>(
             tracing::debug!(source = %peer, why, "client certificate is not an X.509-SVID: no identity");
             Identity::anonymous(Some(peer.ip()))
         }
-        Mtls::NotTls | Mtls::NoCertificate => gw.identities.identify(peer.ip()),
+        Mtls::NotTls | Mtls::NoCertificate => {
+            let found = gw.identities.identify(peer.ip());
+            note = found.note;
+            found.identity
+        }
     };
     audit.set_identity(&identity);
 
@@ -308,6 +313,10 @@ async fn proxy<S: Caller>(
         let details = match &decision.rule {
             Some(rule) => format!("rule {rule}"),
             None => format!("no rule allows this caller to reach {dest}"),
+        };
+        let details = match note {
+            Some(note) => format!("{details} ({note})"),
+            None => details,
         };
         return Err(Reject::new(decision.reason.into(), details));
     }

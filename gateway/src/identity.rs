@@ -1,29 +1,88 @@
-//! Who is calling, for listeners without client certificates: the `identity.static` table maps
-//! source ranges (VMs, other networks) to SPIFFE IDs; anything else is anonymous and can be
-//! matched only by `cidr` selectors.
+//! Who is calling, for callers without a client certificate: the Pod that owns the source address
+//! (from the Pod cache, when `identity.kubernetes` is on), else the `identity.static` table (VMs,
+//! other networks), else nobody — and then only `cidr` selectors can match.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use egress_pods::{Lookup, PodCache, PodIdentity};
 use egress_policy::{canonical_ip, Identity, IdentitySource};
 
 use crate::config::StaticIdentity;
 
-pub struct StaticIdentities {
+pub struct Identities {
     /// Most specific range first, so the longest prefix wins.
-    entries: Vec<StaticIdentity>,
+    statics: Vec<StaticIdentity>,
+    pods: Option<Arc<PodCache>>,
+    trust_domain: String,
 }
 
-impl StaticIdentities {
-    pub fn new(mut entries: Vec<StaticIdentity>) -> Self {
-        entries.sort_by_key(|e| std::cmp::Reverse(e.cidr.prefix_len()));
-        StaticIdentities { entries }
+/// An identity, and why it is less than the caller might expect.
+pub struct Identified {
+    pub identity: Identity,
+    /// Set when the source address is claimed by several live Pods: the caller is unknown.
+    pub note: Option<&'static str>,
+}
+
+impl Identities {
+    pub fn new(
+        mut statics: Vec<StaticIdentity>,
+        pods: Option<Arc<PodCache>>,
+        trust_domain: String,
+    ) -> Self {
+        statics.sort_by_key(|e| std::cmp::Reverse(e.cidr.prefix_len()));
+        Identities {
+            statics,
+            pods,
+            trust_domain,
+        }
     }
 
-    pub fn identify(&self, source: IpAddr) -> Identity {
+    pub fn identify(&self, source: IpAddr) -> Identified {
         let ip = canonical_ip(source);
-        match self.entries.iter().find(|e| e.cidr.contains(&ip)) {
+        if let Some(pods) = &self.pods {
+            match pods.lookup(ip) {
+                Lookup::Pod(pod) => {
+                    return Identified {
+                        identity: self.pod_identity(&pod, ip),
+                        note: None,
+                    }
+                }
+                // Fail closed: an address two live Pods claim is nobody's, and it does not fall
+                // through to the static table either.
+                Lookup::Conflict => {
+                    return Identified {
+                        identity: Identity::anonymous(Some(ip)),
+                        note: Some("the source address is claimed by more than one live Pod"),
+                    }
+                }
+                Lookup::Unknown => {}
+            }
+        }
+        let identity = match self.statics.iter().find(|e| e.cidr.contains(&ip)) {
             Some(e) => Identity::from_spiffe(IdentitySource::Static, &e.spiffe, Some(ip)),
             None => Identity::anonymous(Some(ip)),
+        };
+        Identified {
+            identity,
+            note: None,
+        }
+    }
+
+    fn pod_identity(&self, pod: &PodIdentity, ip: IpAddr) -> Identity {
+        Identity {
+            source: IdentitySource::Kubernetes,
+            address: Some(ip),
+            spiffe: Some(pod.spiffe(&self.trust_domain)),
+            namespace: Some(pod.namespace.to_string()),
+            service_account: Some(pod.service_account.to_string()),
+            labels: pod
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            pod: Some(pod.name.to_string()),
         }
     }
 }

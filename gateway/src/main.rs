@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use egress_pods::PodCache;
 use egress_policy::{Identity, IdentitySource, Policy, Verdict};
 
 use crate::config::{GatewayConfig, LogFormat};
@@ -205,8 +206,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_INVALID);
                 }
             }
+            if let Some(path) = cfg.kubernetes.as_ref().and_then(|k| k.kubeconfig.as_ref()) {
+                if let Err(e) = egress_pods::check_kubeconfig(path) {
+                    eprintln!("egress-gateway: identity.kubernetes.kubeconfig: {e}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            }
+            let pod_cache = cfg.kubernetes.as_ref().map(|_| PodCache::new());
             let mut cert_stores = std::collections::HashMap::new();
-            let metrics = Arc::new(metrics::Metrics::new());
+            let metrics = Arc::new(metrics::Metrics::new(pod_cache.clone()));
             for l in &cfg.listeners {
                 if let Some(t) = &l.tls {
                     match tls::CertStore::open(&l.name, t.clone(), Arc::clone(&metrics)) {
@@ -234,7 +242,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(cfg, metrics, cert_stores)) {
+            match runtime.block_on(run(cfg, metrics, cert_stores, pod_cache)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "egress-gateway failed");
@@ -371,6 +379,7 @@ async fn run(
     cfg: GatewayConfig,
     metrics: Arc<metrics::Metrics>,
     mut cert_stores: std::collections::HashMap<String, Arc<tls::CertStore>>,
+    pod_cache: Option<Arc<PodCache>>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Signal handlers first: from here on no signal can take its default action (exit).
@@ -384,6 +393,23 @@ async fn run(
         cfg.upstream.connect_timeout,
     )
     .context("setting up DNS")?;
+
+    // The Pod watch starts before the listeners; readiness waits for its first full list.
+    if let (Some(k), Some(cache)) = (&cfg.kubernetes, &pod_cache) {
+        let client = egress_pods::client(k.kubeconfig.as_deref())
+            .await
+            .context("identity.kubernetes")?;
+        let scope = egress_pods::Scope {
+            namespace: k.namespace.clone(),
+            label_selector: k.label_selector.clone(),
+        };
+        tracing::info!(namespace = ?scope.namespace, label_selector = ?scope.label_selector, "pod watch starting");
+        tokio::spawn(egress_pods::run(
+            client,
+            scope,
+            egress_pods::CacheWriter::new(Arc::clone(cache)),
+        ));
+    }
 
     // Bind everything before reporting ready: a port conflict is a start-up error.
     let mut bound = Vec::new();
@@ -403,14 +429,18 @@ async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (force_tx, force_rx) = tokio::sync::watch::channel(false);
-    let readiness = Arc::new(admin::Readiness::default());
+    let readiness = Arc::new(admin::Readiness::new(pod_cache.clone()));
     let drain_timeout = cfg.drain_timeout;
     let gateway = Arc::new(connect::Gateway {
         policy: Arc::clone(&policy),
         dns,
         metrics: Arc::clone(&metrics),
         audit: audit::AuditSink::stdout(),
-        identities: identity::StaticIdentities::new(cfg.statics.clone()),
+        identities: identity::Identities::new(
+            cfg.statics.clone(),
+            pod_cache.clone(),
+            cfg.trust_domain.clone(),
+        ),
         own_sockets: upstream::OwnSockets(own),
         conns: connect::ConnTracker::new(cfg.limits.max_connections),
         force_close: force_rx,

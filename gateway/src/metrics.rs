@@ -1,7 +1,10 @@
 //! Prometheus metrics. Names follow `egress_<noun>_<unit>`; label values come from bounded sets
 //! only (listener names, decisions, reason codes, rule names of the loaded policy).
 
-use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use egress_pods::PodCache;
 
 use egress_policy::Verdict;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -67,6 +70,91 @@ pub struct Metrics {
     pub policy_rules: Gauge,
     tls_handshake_failures: Family<HandshakeLabels, Counter>,
     tls_reloads: Family<TlsReloadLabels, Counter>,
+    pod_cache: Option<PodCacheMetrics>,
+}
+
+/// The Pod cache's figures, read from the cache at each scrape.
+struct PodCacheMetrics {
+    cache: Arc<PodCache>,
+    pods: Gauge,
+    addresses: Gauge,
+    synced: Gauge,
+    up: Gauge,
+    last_event_age: Gauge<f64, AtomicU64>,
+    relists: Counter,
+    errors: Counter,
+    /// One scrape at a time brings the counters up to date.
+    refresh: Mutex<()>,
+}
+
+impl PodCacheMetrics {
+    fn register(registry: &mut Registry, cache: Arc<PodCache>) -> Self {
+        let m = PodCacheMetrics {
+            cache,
+            pods: Gauge::default(),
+            addresses: Gauge::default(),
+            synced: Gauge::default(),
+            up: Gauge::default(),
+            last_event_age: Gauge::default(),
+            relists: Counter::default(),
+            errors: Counter::default(),
+            refresh: Mutex::new(()),
+        };
+        registry.register(
+            "egress_pod_cache_pods",
+            "Pods in the cache that own at least one address",
+            m.pods.clone(),
+        );
+        registry.register(
+            "egress_pod_cache_addresses",
+            "Addresses in the cache, owned or claimed by more than one live Pod",
+            m.addresses.clone(),
+        );
+        registry.register(
+            "egress_pod_cache_synced",
+            "1 once the first full list of Pods is in",
+            m.synced.clone(),
+        );
+        registry.register(
+            "egress_pod_cache_up",
+            "1 while the watch on the Kubernetes API is healthy, 0 after an error until it recovers",
+            m.up.clone(),
+        );
+        registry.register(
+            "egress_pod_cache_last_event_age_seconds",
+            "Seconds since the Kubernetes API last sent anything (-1 before the first)",
+            m.last_event_age.clone(),
+        );
+        registry.register(
+            "egress_pod_cache_relists",
+            "Full lists of Pods received (the first, then after reconnects and 410 Gone)",
+            m.relists.clone(),
+        );
+        registry.register(
+            "egress_pod_cache_watch_errors",
+            "Failures of the Pod watch (each is retried with backoff)",
+            m.errors.clone(),
+        );
+        m
+    }
+
+    fn refresh(&self) {
+        let _one = self
+            .refresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = self.cache.stats();
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.pods.set(gauge(s.pods));
+        self.addresses.set(gauge(s.addresses));
+        self.synced.set(i64::from(s.synced));
+        self.up.set(i64::from(s.up));
+        self.last_event_age.set(s.last_event_age.unwrap_or(-1.0));
+        self.relists
+            .inc_by(s.relists.saturating_sub(self.relists.get()));
+        self.errors
+            .inc_by(s.errors.saturating_sub(self.errors.get()));
+    }
 }
 
 const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::Deny, Verdict::AuditAllow];
@@ -89,7 +177,7 @@ pub struct ListenerMetrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(pod_cache: Option<Arc<PodCache>>) -> Self {
         let mut registry = Registry::default();
         let connections = Family::<ConnectionLabels, Counter>::default();
         registry.register(
@@ -151,8 +239,10 @@ impl Metrics {
             "Rules in the loaded policy",
             policy_rules.clone(),
         );
+        let pod_cache = pod_cache.map(|c| PodCacheMetrics::register(&mut registry, c));
         Metrics {
             registry,
+            pod_cache,
             connections,
             active,
             bytes,
@@ -215,6 +305,9 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
+        if let Some(p) = &self.pod_cache {
+            p.refresh();
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing metrics into a String cannot fail");
@@ -239,6 +332,6 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }

@@ -25,7 +25,7 @@ pub fn binary() -> PathBuf {
     let bin = target.join("debug").join("egress-gateway");
     BUILD.call_once(|| {
         let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        let newest = ["gateway", "policy", "certs"]
+        let newest = ["gateway", "policy", "certs", "pods"]
             .iter()
             .filter_map(|c| newest_mtime(&root.join(c)))
             .max();

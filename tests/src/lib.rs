@@ -3,6 +3,7 @@
 //! CONNECT from a chosen loopback source address ([`client`]). Everything binds 127.0.0.0/8 on
 //! ephemeral ports; waits are on readiness with a deadline, never a bare sleep.
 
+pub mod apiserver;
 pub mod client;
 pub mod dns;
 pub mod gateway;

@@ -1,0 +1,118 @@
+//! The Pod watch: list, then watch, re-listing after a reconnect or `410 Gone`, and feeding every
+//! event to the [`CacheWriter`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Api, Client, Config};
+
+use crate::CacheWriter;
+
+/// Which Pods to watch.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// One namespace, or all of them.
+    pub namespace: Option<String>,
+    /// A label selector (`app=web,tier!=db`), or every Pod.
+    pub label_selector: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster config: {0} (set identity.kubernetes.kubeconfig when running outside a cluster)")]
+    InCluster(#[from] kube::config::InClusterError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// Reads and parses a kubeconfig file, so a bad one stops the start like a bad config.
+pub fn check_kubeconfig(path: &Path) -> Result<(), WatchError> {
+    Kubeconfig::read_from(path)
+        .map(drop)
+        .map_err(|source| WatchError::Kubeconfig {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// A client from a kubeconfig file, or from the in-cluster service account when `kubeconfig` is
+/// `None`.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, WatchError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let err = |source| WatchError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let file = Kubeconfig::read_from(path).map_err(err)?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(err)?
+        }
+        None => Config::incluster()?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the watch until the task is dropped. Errors (the API server away, a refused request) are
+/// logged and retried with a capped exponential backoff; the cache keeps serving what it knows.
+pub async fn run(client: Client, scope: Scope, mut writer: CacheWriter) {
+    let api: Api<Pod> = match &scope.namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let mut config = watcher::Config::default().page_size(500);
+    if let Some(selector) = &scope.label_selector {
+        config = config.labels(selector);
+    }
+    let mut events = std::pin::pin!(watcher(api, config));
+    let mut delay = RETRY_MIN;
+    let mut listing = false;
+    while let Some(item) = events.next().await {
+        match item {
+            Ok(event) => {
+                delay = RETRY_MIN;
+                writer.cache().touch();
+                match event {
+                    watcher::Event::Init => {
+                        listing = true;
+                        writer.begin_relist();
+                    }
+                    watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                        writer.apply(&pod)
+                    }
+                    watcher::Event::Delete(pod) => writer.delete(&pod),
+                    watcher::Event::InitDone => {
+                        listing = false;
+                        writer.end_relist();
+                        let stats = writer.cache().stats();
+                        tracing::info!(
+                            pods = stats.pods,
+                            addresses = stats.addresses,
+                            "pod cache: full list in"
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                writer.cache().watch_failed();
+                tracing::warn!(error = %e, retry_in = ?delay, listing, "pod watch failed; serving the last known Pods");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}

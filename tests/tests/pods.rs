@@ -1,0 +1,463 @@
+//! Pod identity from the Kubernetes API, end to end: the real gateway binary watches the test API
+//! server (HTTPS, bearer token, a real kubeconfig, real Pod JSON), and callers bound to loopback
+//! addresses play the Pods.
+
+use std::time::Duration;
+
+use egress_tests::apiserver::{ApiServer, PodBuilder};
+use egress_tests::client::connect;
+use egress_tests::gateway::Gateway;
+use egress_tests::upstream::{Behaviour, Upstream};
+
+const POLICY: &str = r#"version: 1
+rules:
+  - name: checkout-to-api
+    action: allow
+    from:
+      - namespace: payments
+        serviceAccount: checkout
+    to:
+      - host: api.example.com
+        ports: ["*"]
+        allowPrivateAddresses: true
+  - name: gold-tier
+    action: allow
+    from:
+      - podLabels: {tier: gold}
+        via: [kubernetes]
+    to:
+      - host: gold.example.com
+        ports: ["*"]
+        allowPrivateAddresses: true
+  - name: web-by-spiffe
+    action: allow
+    from:
+      - spiffe: spiffe://cluster.local/ns/web/sa/*
+    to:
+      - host: web.example.com
+        ports: ["*"]
+        allowPrivateAddresses: true
+"#;
+
+fn config(api: &ApiServer, extra: &str) -> String {
+    format!(
+        "identity:\n  kubernetes:\n    enabled: true\n    kubeconfig: {}\n{extra}dns:\n  hosts:\n    api.example.com: [127.0.0.1]\n    gold.example.com: [127.0.0.1]\n    web.example.com: [127.0.0.1]\n",
+        api.kubeconfig().display()
+    )
+}
+
+async fn status(gw: &Gateway, source: &str, target: &str) -> (u16, Option<String>) {
+    let (_, r) = connect(source, gw.proxy, target).await;
+    (r.status, r.proxy_status_error())
+}
+
+/// Waits until `/readyz` answers 200: the first full list is in.
+async fn wait_ready(gw: &Gateway) {
+    let end = tokio::time::Instant::now() + egress_tests::DEADLINE;
+    loop {
+        if gw.admin_get("/readyz").await.0 == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "gateway never became ready: {}",
+            gw.logs().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until a connection from `source` to `target` gets `want`, within the deadline.
+async fn until_status(gw: &Gateway, source: &str, target: &str, want: u16) {
+    let end = tokio::time::Instant::now() + egress_tests::DEADLINE * 2;
+    loop {
+        let (got, _) = status(gw, source, target).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{source} -> {target}: still {got}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn pods_are_allowed_or_denied_by_namespace_service_account_and_labels() {
+    let api = ApiServer::start().await;
+    api.upsert(
+        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
+            .service_account("checkout")
+            .build(),
+    );
+    api.upsert(
+        PodBuilder::new("payments", "batch-1", "127.0.0.3")
+            .service_account("batch")
+            .label("tier", "gold")
+            .build(),
+    );
+    api.upsert(
+        PodBuilder::new("web", "frontend-1", "127.0.0.4")
+            .service_account("frontend")
+            .build(),
+    );
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let p = echo.addr.port();
+    let gw = Gateway::start(POLICY, &config(&api, "")).await;
+    wait_ready(&gw).await;
+
+    assert_eq!(
+        status(&gw, "127.0.0.2", &format!("api.example.com:{p}"))
+            .await
+            .0,
+        200
+    );
+    // Same namespace, other service account.
+    let (code, err) = status(&gw, "127.0.0.3", &format!("api.example.com:{p}")).await;
+    assert_eq!(code, 403, "{err:?}");
+    // A label rule.
+    assert_eq!(
+        status(&gw, "127.0.0.3", &format!("gold.example.com:{p}"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        status(&gw, "127.0.0.2", &format!("gold.example.com:{p}"))
+            .await
+            .0,
+        403
+    );
+    // The SPIFFE ID built from namespace and service account.
+    assert_eq!(
+        status(&gw, "127.0.0.4", &format!("web.example.com:{p}"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        status(&gw, "127.0.0.4", &format!("api.example.com:{p}"))
+            .await
+            .0,
+        403
+    );
+    // Not a Pod: no identity.
+    let (code, err) = status(&gw, "127.0.0.9", &format!("api.example.com:{p}")).await;
+    assert_eq!(code, 407);
+    assert!(err.is_some_and(|e| e.contains("unknown_identity")));
+
+    let line = gw
+        .wait_audit("audit line", |a| {
+            a["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("127.0.0.2:"))
+        })
+        .await;
+    assert_eq!(line["identity_source"], "kubernetes");
+    assert_eq!(line["pod"], "checkout-1");
+    assert_eq!(line["namespace"], "payments");
+    assert_eq!(line["service_account"], "checkout");
+    assert_eq!(
+        line["identity"],
+        "spiffe://cluster.local/ns/payments/sa/checkout"
+    );
+    assert_eq!(line["rule"], "checkout-to-api");
+    assert!(api.unauthorized() == 0);
+    assert_eq!(gw.metric("egress_pod_cache_pods").await, Some(3.0));
+    assert_eq!(gw.metric("egress_pod_cache_synced").await, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_reused_address_is_nobodys_until_the_old_pod_is_gone() {
+    let api = ApiServer::start().await;
+    api.upsert(
+        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
+            .service_account("checkout")
+            .build(),
+    );
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let target = format!("api.example.com:{}", echo.addr.port());
+    let gw = Gateway::start(POLICY, &config(&api, "")).await;
+    wait_ready(&gw).await;
+    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 200);
+
+    // The old Pod is terminating; its address is handed to a Pod of another namespace while the
+    // deletion is still in flight: both claim it.
+    api.upsert(
+        PodBuilder::new("web", "intruder", "127.0.0.2")
+            .service_account("checkout")
+            .build(),
+    );
+    until_status(&gw, "127.0.0.2", &target, 407).await;
+    let line = gw
+        .wait_audit("audit line", |a| {
+            a["decision"] == "deny"
+                && a["details"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("more than one live Pod"))
+        })
+        .await;
+    assert_eq!(line["identity_source"], "none");
+
+    // The old Pod is deleted: the address is the new Pod's, with the new Pod's rights only.
+    api.delete("payments", "checkout-1");
+    until_status(&gw, "127.0.0.2", &target, 403).await;
+    let line = gw
+        .wait_audit("audit line", |a| a["pod"] == "intruder")
+        .await;
+    assert_eq!(line["namespace"], "web");
+    assert_eq!(line["decision"], "deny");
+
+    // And once that Pod is gone too, nobody.
+    api.delete("web", "intruder");
+    until_status(&gw, "127.0.0.2", &target, 407).await;
+}
+
+#[tokio::test]
+async fn host_network_completed_and_addressless_pods_own_nothing() {
+    let api = ApiServer::start().await;
+    // A host-network Pod reports the node's address: it must not make the node a Pod.
+    api.upsert(
+        PodBuilder::new("payments", "node-agent", "127.0.0.5")
+            .service_account("checkout")
+            .host_network()
+            .build(),
+    );
+    // A completed Job Pod keeps its podIP, which a running Pod now has.
+    api.upsert(
+        PodBuilder::new("payments", "migrate-job", "127.0.0.6")
+            .service_account("checkout")
+            .phase("Succeeded")
+            .build(),
+    );
+    api.upsert(
+        PodBuilder::new("web", "frontend-1", "127.0.0.6")
+            .service_account("frontend")
+            .build(),
+    );
+    // Scheduled, no address yet.
+    api.upsert(
+        PodBuilder::new("payments", "starting", "127.0.0.7")
+            .service_account("checkout")
+            .without_ip()
+            .build(),
+    );
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let p = echo.addr.port();
+    let gw = Gateway::start(POLICY, &config(&api, "")).await;
+    wait_ready(&gw).await;
+
+    assert_eq!(
+        status(&gw, "127.0.0.5", &format!("api.example.com:{p}"))
+            .await
+            .0,
+        407
+    );
+    // The running Pod owns the address, not the completed Job.
+    assert_eq!(
+        status(&gw, "127.0.0.6", &format!("api.example.com:{p}"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        status(&gw, "127.0.0.6", &format!("web.example.com:{p}"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        status(&gw, "127.0.0.7", &format!("api.example.com:{p}"))
+            .await
+            .0,
+        407
+    );
+
+    // The starting Pod gets its address: it is known from the next event on.
+    api.upsert(
+        PodBuilder::new("payments", "starting2", "127.0.0.7")
+            .service_account("checkout")
+            .build(),
+    );
+    until_status(&gw, "127.0.0.7", &format!("api.example.com:{p}"), 200).await;
+    assert_eq!(gw.metric("egress_pod_cache_pods").await, Some(2.0));
+}
+
+#[tokio::test]
+async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_after() {
+    let mut api = ApiServer::start().await;
+    api.upsert(
+        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
+            .service_account("checkout")
+            .build(),
+    );
+    api.upsert(
+        PodBuilder::new("payments", "checkout-2", "127.0.0.3")
+            .service_account("checkout")
+            .build(),
+    );
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let target = format!("api.example.com:{}", echo.addr.port());
+    let gw = Gateway::start(POLICY, &config(&api, "")).await;
+    wait_ready(&gw).await;
+    assert_eq!(gw.metric("egress_pod_cache_relists_total").await, Some(1.0));
+
+    api.stop();
+    assert!(
+        gw.wait_metric("egress_pod_cache_watch_errors_total", 1.0)
+            .await
+            >= Some(1.0),
+        "the gateway sees the API server go away"
+    );
+    assert_eq!(gw.metric("egress_pod_cache_up").await, Some(0.0));
+    // Served from the last known map; still ready.
+    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 200);
+    assert_eq!(status(&gw, "127.0.0.3", &target).await.0, 200);
+    assert_eq!(gw.admin_get("/readyz").await.0, 200);
+    let age = gw
+        .metric("egress_pod_cache_last_event_age_seconds")
+        .await
+        .expect("age");
+    assert!(age >= 0.0);
+
+    // Meanwhile: checkout-2 is deleted and its address reused by another namespace; a new Pod
+    // appears; and the history is compacted, so the gateway's resourceVersion is gone (410).
+    api.delete("payments", "checkout-2");
+    api.upsert(
+        PodBuilder::new("web", "frontend-1", "127.0.0.3")
+            .service_account("frontend")
+            .build(),
+    );
+    api.upsert(
+        PodBuilder::new("payments", "checkout-3", "127.0.0.4")
+            .service_account("checkout")
+            .build(),
+    );
+    api.compact();
+    let lists_before = api.requests("list");
+    api.restart().await;
+
+    assert!(
+        gw.wait_metric("egress_pod_cache_relists_total", 2.0).await >= Some(2.0),
+        "the gateway re-lists after 410 Gone"
+    );
+    assert!(api.requests("list") > lists_before);
+    until_status(&gw, "127.0.0.4", &target, 200).await;
+    assert_eq!(status(&gw, "127.0.0.3", &target).await.0, 403);
+    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 200);
+    assert_eq!(gw.metric("egress_pod_cache_pods").await, Some(3.0));
+    assert_eq!(gw.metric("egress_pod_cache_up").await, Some(1.0));
+}
+
+#[tokio::test]
+async fn not_ready_before_the_first_full_list() {
+    let mut api = ApiServer::start().await;
+    api.upsert(
+        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
+            .service_account("checkout")
+            .build(),
+    );
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let target = format!("api.example.com:{}", echo.addr.port());
+    let kubeconfig = api.kubeconfig();
+    api.stop();
+    let gw = Gateway::start(
+        POLICY,
+        &format!(
+            "identity:\n  kubernetes:\n    enabled: true\n    kubeconfig: {}\ndns:\n  hosts:\n    api.example.com: [127.0.0.1]\n",
+            kubeconfig.display()
+        ),
+    )
+    .await;
+    let (code, body) = gw.admin_get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("first full list of Pods"), "{body}");
+    // Unknown until synced: the Pod's address is nobody's.
+    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 407);
+    assert_eq!(gw.metric("egress_pod_cache_synced").await, Some(0.0));
+
+    api.restart().await;
+    wait_ready(&gw).await;
+    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_scoped_watch_sees_only_its_namespace_and_labels() {
+    let api = ApiServer::start().await;
+    api.upsert(
+        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
+            .service_account("checkout")
+            .label("egress", "yes")
+            .build(),
+    );
+    api.upsert(
+        PodBuilder::new("payments", "checkout-2", "127.0.0.3")
+            .service_account("checkout")
+            .build(),
+    );
+    api.upsert(
+        PodBuilder::new("other", "checkout-3", "127.0.0.4")
+            .service_account("checkout")
+            .label("egress", "yes")
+            .build(),
+    );
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let target = format!("api.example.com:{}", echo.addr.port());
+    let gw = Gateway::start(
+        POLICY,
+        &config(
+            &api,
+            "    namespace: payments\n    labelSelector: egress=yes\n",
+        ),
+    )
+    .await;
+    wait_ready(&gw).await;
+    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 200);
+    assert_eq!(status(&gw, "127.0.0.3", &target).await.0, 407);
+    assert_eq!(status(&gw, "127.0.0.4", &target).await.0, 407);
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_and_the_gateway_never_becomes_ready() {
+    let api = ApiServer::start().await;
+    api.upsert(PodBuilder::new("payments", "checkout-1", "127.0.0.2").build());
+    let gw = Gateway::start(
+        POLICY,
+        &format!(
+            "identity:\n  kubernetes:\n    enabled: true\n    kubeconfig: {}\n",
+            api.kubeconfig_with_token("wrong").display()
+        ),
+    )
+    .await;
+    assert!(
+        gw.wait_metric("egress_pod_cache_watch_errors_total", 1.0)
+            .await
+            >= Some(1.0),
+        "the watch fails"
+    );
+    assert!(api.unauthorized() >= 1);
+    assert_eq!(gw.admin_get("/readyz").await.0, 503);
+}
+
+#[tokio::test]
+async fn an_unreadable_kubeconfig_stops_the_start() {
+    let dir = egress_tests::gateway::temp_dir("kubeconfig");
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "identity:\n  kubernetes:\n    enabled: true\n    kubeconfig: {}\n",
+            dir.join("missing").display()
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(egress_tests::gateway::binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("identity.kubernetes.kubeconfig"), "{err}");
+}
