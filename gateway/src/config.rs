@@ -68,6 +68,7 @@ fn default_listeners() -> Vec<RawListener> {
         address: SocketAddr::from(([127, 0, 0, 1], 3128)),
         tls: None,
         upstream_port: None,
+        tproxy: None,
     }]
 }
 
@@ -99,6 +100,8 @@ struct RawListener {
     tls: Option<RawTls>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     upstream_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tproxy: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -223,6 +226,8 @@ struct RawUpstream {
     idle_timeout: Dur,
     #[serde(default)]
     bind_address: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mark: Option<u32>,
 }
 
 impl Default for RawUpstream {
@@ -231,6 +236,7 @@ impl Default for RawUpstream {
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout(),
             bind_address: None,
+            mark: None,
         }
     }
 }
@@ -364,6 +370,11 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     pub address: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// `sni` listeners: the port dialed upstream (default 443).
+    pub upstream_port: u16,
+    /// `transparent` listeners: TPROXY (`IP_TRANSPARENT`; the local address is the destination)
+    /// instead of `REDIRECT` (`SO_ORIGINAL_DST`).
+    pub tproxy: bool,
 }
 
 /// A workload outside Kubernetes, known by its source range.
@@ -378,6 +389,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub bind_address: Option<IpAddr>,
+    /// `SO_MARK` on every upstream socket, so redirect rules can exempt the gateway's own dials.
+    pub mark: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -548,11 +561,17 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
         if !names.insert(l.name.clone()) {
             return Err(invalid(format!("duplicate listener name {:?}", l.name)));
         }
-        if l.kind != ListenerKind::Connect {
+        if l.tls.is_some() && l.kind != ListenerKind::Connect {
             return Err(invalid(format!(
-                "listener {:?}: kind '{}' is not available in this build; only 'connect' is",
+                "listener {:?}: tls applies only to 'connect' listeners (a '{}' listener never terminates TLS)",
                 l.name,
                 l.kind.as_str()
+            )));
+        }
+        if l.tproxy.is_some() && l.kind != ListenerKind::Transparent {
+            return Err(invalid(format!(
+                "listener {:?}: tproxy applies only to 'transparent' listeners",
+                l.name
             )));
         }
         let tls = match l.tls {
@@ -576,9 +595,15 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
                 })
             }
         };
-        if l.upstream_port.is_some() {
+        if l.upstream_port.is_some() && l.kind != ListenerKind::Sni {
             return Err(invalid(format!(
                 "listener {:?}: upstreamPort applies only to 'sni' listeners",
+                l.name
+            )));
+        }
+        if l.upstream_port == Some(0) {
+            return Err(invalid(format!(
+                "listener {:?}: upstreamPort must be 1-65535",
                 l.name
             )));
         }
@@ -587,6 +612,8 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
             kind: l.kind,
             address: l.address,
             tls,
+            upstream_port: l.upstream_port.unwrap_or(443),
+            tproxy: l.tproxy.unwrap_or(false),
         });
     }
     let k = raw.identity.kubernetes;
@@ -672,6 +699,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
             connect_timeout: raw.upstream.connect_timeout.0,
             idle_timeout: raw.upstream.idle_timeout.0,
             bind_address: raw.upstream.bind_address,
+            mark: raw.upstream.mark,
         },
         limits: Limits {
             max_connections: raw.limits.max_connections,
@@ -750,12 +778,28 @@ mod tests {
     }
 
     #[test]
-    fn features_of_later_builds_are_refused_not_ignored() {
-        assert!(parse(
-            "listeners:\n  - {name: t, kind: transparent, address: 127.0.0.1:1}\n",
-            &[]
+    fn listener_kinds_take_only_their_own_keys() {
+        let c = parse(
+            "listeners:\n  - {name: t, kind: transparent, address: 127.0.0.1:1, tproxy: true}\n  - {name: s, kind: sni, address: 127.0.0.1:2}\nupstream:\n  mark: 0x2000\n",
+            &[],
         )
-        .is_err());
+        .expect("valid");
+        assert!(c.listeners[0].tproxy);
+        assert_eq!(c.listeners[1].upstream_port, 443);
+        assert_eq!(c.upstream.mark, Some(0x2000));
+        for bad in [
+            "listeners:\n  - {name: c, kind: connect, address: 127.0.0.1:1, upstreamPort: 443}\n",
+            "listeners:\n  - {name: c, kind: connect, address: 127.0.0.1:1, tproxy: true}\n",
+            "listeners:\n  - {name: s, kind: sni, address: 127.0.0.1:1, tproxy: true}\n",
+            "listeners:\n  - {name: s, kind: sni, address: 127.0.0.1:1, upstreamPort: 0}\n",
+            "listeners:\n  - {name: s, kind: sni, address: 127.0.0.1:1, tls: {cert: a, key: b, clientCa: c}}\n",
+        ] {
+            assert!(parse(bad, &[]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pod_identity_keys_are_checked() {
         let c = parse("identity:\n  kubernetes:\n    enabled: true\n", &[]).expect("valid");
         assert!(c.kubernetes.is_some_and(|k| k.kubeconfig.is_none()));
         assert!(parse("identity:\n  kubernetes:\n    enabled: false\n", &[])

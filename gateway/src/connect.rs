@@ -59,7 +59,7 @@ impl ConnTracker {
         }
     }
 
-    fn enter<'a>(&'a self, metrics: &'a ListenerMetrics) -> Option<Active<'a>> {
+    pub(crate) fn enter<'a>(&'a self, metrics: &'a ListenerMetrics) -> Option<Active<'a>> {
         let prev = self.active.fetch_add(1, Ordering::AcqRel);
         let guard = Active {
             tracker: self,
@@ -89,7 +89,7 @@ impl ConnTracker {
     }
 }
 
-struct Active<'a> {
+pub(crate) struct Active<'a> {
     tracker: &'a ConnTracker,
     metrics: &'a ListenerMetrics,
 }
@@ -407,7 +407,11 @@ async fn proxy<S: Caller>(
 }
 
 /// Puts the decision into the audit line and counts the rule hits.
-fn record_decision(gw: &Gateway, audit: &mut AuditRecord, decision: &egress_policy::Decision) {
+pub(crate) fn record_decision(
+    gw: &Gateway,
+    audit: &mut AuditRecord,
+    decision: &egress_policy::Decision,
+) {
     audit.decision = decision.verdict.as_str();
     audit.reason = Reason::from(decision.reason).as_str();
     audit.rule = decision.rule.as_deref().map(str::to_owned);

@@ -20,6 +20,7 @@ mod reason;
 mod relay;
 mod sys;
 mod tls;
+mod transparent;
 mod upstream;
 mod watch;
 
@@ -414,9 +415,11 @@ async fn run(
     // Bind everything before reporting ready: a port conflict is a start-up error.
     let mut bound = Vec::new();
     for l in &cfg.listeners {
-        let listener = tokio::net::TcpListener::bind(l.address)
-            .await
-            .with_context(|| format!("listener {:?}: cannot bind {}", l.name, l.address))?;
+        let listener = match l.kind {
+            config::ListenerKind::Connect => tokio::net::TcpListener::bind(l.address).await,
+            _ => transparent::bind(l),
+        }
+        .with_context(|| format!("listener {:?}: cannot bind {}", l.name, l.address))?;
         bound.push((l.clone(), listener));
     }
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin)
@@ -461,6 +464,15 @@ async fn run(
     for (l, listener) in bound {
         let address = listener.local_addr()?;
         tracing::info!(listener = %l.name, kind = l.kind.as_str(), tls = l.tls.is_some(), address = %address, "listening");
+        if l.kind != config::ListenerKind::Connect {
+            let ctx = Arc::new(transparent::PeekListener::new(
+                &l,
+                Arc::clone(&gateway),
+                metrics.listener(&l.name),
+            ));
+            tokio::spawn(transparent::serve(listener, ctx, stop_rx.clone()));
+            continue;
+        }
         let tls = cert_stores.remove(&l.name);
         if let Some(store) = &tls {
             tokio::spawn(Arc::clone(store).watch(Duration::from_secs(10)));

@@ -385,7 +385,7 @@ async fn pump(
         if progressed {
             // Stay fair to the other tasks on this worker (and to the opposite direction).
             spins += 1;
-            if spins % 32 == 0 {
+            if spins.is_multiple_of(32) {
                 tokio::task::yield_now().await;
             }
             continue;

@@ -91,3 +91,91 @@ pub fn shutdown_write(socket: RawFd) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `SO_ORIGINAL_DST` (`IP6T_SO_ORIGINAL_DST` for IPv6): where a connection that iptables
+/// `REDIRECT`ed (or `DNAT`ed) to us was going, from the netfilter connection table.
+pub fn original_dst(socket: RawFd, ipv6: bool) -> io::Result<std::net::SocketAddr> {
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    if ipv6 {
+        // SAFETY: an all-zero sockaddr_in6 is a valid value of the type.
+        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        // SAFETY: `addr` and `len` are valid for writes of the sizes passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket,
+                libc::SOL_IPV6,
+                SO_ORIGINAL_DST,
+                (&mut addr as *mut libc::sockaddr_in6).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ip = std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr);
+        Ok(std::net::SocketAddr::new(
+            ip.into(),
+            u16::from_be(addr.sin6_port),
+        ))
+    } else {
+        // SAFETY: an all-zero sockaddr_in is a valid value of the type.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `addr` and `len` are valid for writes of the sizes passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket,
+                libc::SOL_IP,
+                SO_ORIGINAL_DST,
+                (&mut addr as *mut libc::sockaddr_in).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+        Ok(std::net::SocketAddr::new(
+            ip.into(),
+            u16::from_be(addr.sin_port),
+        ))
+    }
+}
+
+fn set_int_option(
+    socket: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a valid c_int for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `SO_MARK`: a firewall mark on the gateway's own upstream sockets (needs `CAP_NET_ADMIN`).
+pub fn set_mark(socket: RawFd, mark: u32) -> io::Result<()> {
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)
+}
+
+/// `IP_TRANSPARENT` (`IPV6_TRANSPARENT`) on a listening socket, for TPROXY: it may then accept
+/// connections addressed to any IP (needs `CAP_NET_ADMIN`).
+pub fn set_transparent(socket: RawFd, ipv6: bool) -> io::Result<()> {
+    if ipv6 {
+        set_int_option(socket, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)
+    } else {
+        set_int_option(socket, libc::SOL_IP, libc::IP_TRANSPARENT, 1)
+    }
+}

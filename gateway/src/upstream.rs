@@ -182,6 +182,10 @@ fn open_socket(cfg: &UpstreamConfig, ip: IpAddr) -> Result<TcpSocket, Reject> {
         TcpSocket::new_v6()
     }
     .map_err(|e| fail("socket", e))?;
+    if let Some(mark) = cfg.mark {
+        use std::os::fd::AsRawFd;
+        crate::sys::set_mark(socket.as_raw_fd(), mark).map_err(|e| fail("SO_MARK", e))?;
+    }
     if let Some(bind) = cfg.bind_address {
         if bind.is_ipv4() != ip.is_ipv4() {
             return Err(Reject::new(

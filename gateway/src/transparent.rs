@@ -1,0 +1,435 @@
+//! The `transparent` and `sni` listeners: connections the network delivers unchanged.
+//!
+//! `transparent` takes connections that iptables `REDIRECT`ed (the original destination comes
+//! from `SO_ORIGINAL_DST`) or `TPROXY`ed (the local address is the destination). `sni` takes TLS
+//! connections that DNS steered to the gateway; the port is the listener's `upstreamPort`.
+//!
+//! Both peek at the first bytes, within `limits.headerReadTimeout` and a size cap: a TLS
+//! ClientHello gives the SNI, a plain HTTP/1 request head gives the `Host` header. The peeked
+//! bytes are replayed upstream unchanged. The life of a connection:
+//! `original destination -> peek -> destination -> identity -> policy -> resolve -> guard ->
+//! dial -> replay -> relay`.
+//!
+//! With a host name, the gateway dials what **that name** resolves to (after the address guard),
+//! never the original destination address: an SNI naming an allowed host, aimed at some other
+//! IP, reaches the allowed host or nothing. Without a usable name (no SNI, an IP-literal SNI, two
+//! names, another protocol, a client that waits for the server to speak first), the destination
+//! is the original address, and only a `cidr` rule can allow it. A denied caller is closed; one
+//! whose ClientHello was read first gets a TLS `access_denied` alert.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use egress_policy::{Destination, Host, Verdict};
+use egress_sniff::{sniff, HostHeader, SniName, Sniff};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::audit::AuditRecord;
+use crate::config::{ListenerConfig, ListenerKind};
+use crate::connect::{record_decision, Gateway};
+use crate::metrics::ListenerMetrics;
+use crate::reason::{Reason, Reject};
+use crate::relay::{Caller, Close, Meters};
+
+/// The smallest peek cap, whatever `limits.maxHeaderBytes` says: a ClientHello with a
+/// post-quantum key share is about 1.8 KB, and one padded by its client can fill a whole
+/// 16 KiB record.
+const MIN_PEEK: usize = 16 * 1024 + 5;
+
+/// A TLS alert record: fatal `access_denied` (RFC 8446 §6.2), in a TLS 1.2 record header as
+/// every TLS version accepts.
+/// The most reads a peek may take. Real clients need one to three; a client that dribbles its
+/// hello a byte at a time would otherwise make every read re-parse a growing buffer.
+const MAX_PEEK_READS: usize = 64;
+
+const ACCESS_DENIED_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
+
+/// How a listener learns where a connection was going.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// iptables `REDIRECT`: `SO_ORIGINAL_DST`.
+    Redirect,
+    /// `TPROXY`: the accepted socket's local address.
+    Tproxy,
+    /// DNS steering: only the SNI is known; dial this port.
+    Sni { port: u16 },
+}
+
+/// One `transparent` or `sni` listener.
+pub struct PeekListener {
+    pub name: String,
+    mode: Mode,
+    pub gateway: Arc<Gateway>,
+    pub metrics: ListenerMetrics,
+}
+
+impl PeekListener {
+    pub fn new(cfg: &ListenerConfig, gateway: Arc<Gateway>, metrics: ListenerMetrics) -> Self {
+        let mode = match (cfg.kind, cfg.tproxy) {
+            (ListenerKind::Sni, _) => Mode::Sni {
+                port: cfg.upstream_port,
+            },
+            (_, true) => Mode::Tproxy,
+            (_, false) => Mode::Redirect,
+        };
+        PeekListener {
+            name: cfg.name.clone(),
+            mode,
+            gateway,
+            metrics,
+        }
+    }
+}
+
+/// Binds a listener; a TPROXY listener gets `IP_TRANSPARENT` first.
+pub fn bind(cfg: &ListenerConfig) -> std::io::Result<TcpListener> {
+    let socket = if cfg.address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if cfg.kind == ListenerKind::Transparent && cfg.tproxy {
+        crate::sys::set_transparent(socket.as_raw_fd(), cfg.address.is_ipv6())?;
+    }
+    socket.bind(cfg.address)?;
+    socket.listen(1024)
+}
+
+/// Accepts until `stop` turns true.
+pub async fn serve(listener: TcpListener, ctx: Arc<PeekListener>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(handle(Arc::clone(&ctx), stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tracing::info!(listener = %ctx.name, "stopped accepting");
+}
+
+async fn handle(ctx: Arc<PeekListener>, mut client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let gw = &*ctx.gateway;
+    let active = gw.conns.enter(&ctx.metrics);
+    let mut audit = AuditRecord::new(&ctx.name, peer);
+    let mut hello_seen = false;
+    let result = match active {
+        Some(_) => proxy(&ctx, &mut client, peer, &mut audit, &mut hello_seen).await,
+        None => Err(Reject::new(Reason::Overloaded, "maxConnections reached")),
+    };
+    match result {
+        Ok((verdict, reason)) => gw.metrics.count_connection(&ctx.metrics, verdict, reason),
+        Err(reject) => {
+            tracing::debug!(listener = %ctx.name, source = %peer, reason = reject.reason.as_str(), details = %reject.details, "rejected");
+            audit.decision = Verdict::Deny.as_str();
+            audit.reason = reject.reason.as_str();
+            audit.details = Some(reject.details);
+            gw.metrics
+                .count_connection(&ctx.metrics, Verdict::Deny, reject.reason);
+            refuse(&mut client, hello_seen).await;
+        }
+    }
+    drop(active);
+    gw.audit.write(audit);
+}
+
+/// Closes a refused connection: an `access_denied` alert if the caller spoke TLS, then our side
+/// shut down, and what the caller still sends read and dropped for a short while, never parsed.
+async fn refuse(client: &mut TcpStream, tls: bool) {
+    if tls {
+        let _ =
+            tokio::time::timeout(crate::http::LINGER, client.write_all(&ACCESS_DENIED_ALERT)).await;
+    }
+    let _ = client.shutdown().await;
+    let deadline = Instant::now() + crate::http::LINGER;
+    let mut sink = [0u8; 4096];
+    let mut discarded = 0usize;
+    while discarded < 256 * 1024 {
+        match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
+}
+
+/// What the peek found.
+enum Peeked {
+    /// A host name from the SNI or the `Host` header.
+    Name {
+        name: String,
+        from: &'static str,
+        ech: bool,
+    },
+    /// No usable name; why, and the reason code an `sni` listener answers with.
+    Nameless { why: String, reason: Reason },
+}
+
+/// Reads the first bytes until they say something, the cap is reached, the client stops
+/// sending, or the deadline passes.
+async fn peek(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    cap: usize,
+    deadline: Instant,
+    hello_seen: &mut bool,
+) -> Peeked {
+    let mut chunk = vec![0u8; 4096];
+    let mut reads = 0usize;
+    loop {
+        match sniff(buf) {
+            Sniff::NeedMore => {}
+            Sniff::Tls(hello) => {
+                *hello_seen = true;
+                let why = match hello.server_name {
+                    SniName::Host(name) => {
+                        return Peeked::Name {
+                            name: name.as_str().to_owned(),
+                            from: "sni",
+                            ech: hello.ech,
+                        }
+                    }
+                    SniName::Absent => "a ClientHello without a server name",
+                    SniName::IpLiteral => "a ClientHello whose server name is an IP literal",
+                    SniName::Invalid => "a ClientHello with an invalid server name",
+                    SniName::Multiple => "a ClientHello with more than one server name",
+                };
+                return Peeked::Nameless {
+                    why: why.to_owned(),
+                    reason: Reason::BadRequest,
+                };
+            }
+            Sniff::Http(info) => {
+                let why = match info.host {
+                    HostHeader::Host { name, .. } => {
+                        return Peeked::Name {
+                            name: name.as_str().to_owned(),
+                            from: "http_host",
+                            ech: false,
+                        }
+                    }
+                    HostHeader::Absent => "an HTTP request without Host",
+                    HostHeader::IpLiteral => "an HTTP request whose Host is an IP literal",
+                    HostHeader::Invalid => "an HTTP request with an invalid Host",
+                    HostHeader::Multiple => "an HTTP request with more than one Host",
+                };
+                return Peeked::Nameless {
+                    why: why.to_owned(),
+                    reason: Reason::BadRequest,
+                };
+            }
+            Sniff::Opaque { reason } => {
+                return Peeked::Nameless {
+                    why: format!("neither TLS nor HTTP/1 ({reason})"),
+                    reason: Reason::BadRequest,
+                }
+            }
+        }
+        if reads >= MAX_PEEK_READS {
+            return Peeked::Nameless {
+                why: format!("no complete ClientHello or request head in {MAX_PEEK_READS} reads"),
+                reason: Reason::HeaderTooLarge,
+            };
+        }
+        reads += 1;
+        if buf.len() >= cap {
+            return Peeked::Nameless {
+                why: format!("no complete ClientHello or request head in {cap} bytes"),
+                reason: Reason::HeaderTooLarge,
+            };
+        }
+        let room = (cap - buf.len()).min(chunk.len());
+        match tokio::time::timeout_at(deadline, client.read(&mut chunk[..room])).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Peeked::Nameless {
+                why: "the client stopped sending before a ClientHello or request head was complete"
+                    .to_owned(),
+                reason: Reason::BadRequest,
+            },
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => {
+                let why = if buf.is_empty() {
+                    "the client sent nothing within headerReadTimeout".to_owned()
+                } else {
+                    "no complete ClientHello or request head within headerReadTimeout".to_owned()
+                };
+                return Peeked::Nameless {
+                    why,
+                    reason: Reason::HeaderTimeout,
+                };
+            }
+        }
+    }
+}
+
+/// The life of one connection; returns the verdict and reason once an allowed relay has ended.
+async fn proxy(
+    ctx: &PeekListener,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    audit: &mut AuditRecord,
+    hello_seen: &mut bool,
+) -> Result<(Verdict, Reason), Reject> {
+    let gw = &*ctx.gateway;
+    let limits = &gw.config.limits;
+    let deadline = Instant::now() + limits.header_read_timeout;
+
+    // Where the connection was going, before anything is read.
+    let local = client
+        .local_addr()
+        .map_err(|e| Reject::new(Reason::BadRequest, format!("local address: {e}")))?;
+    let original = match ctx.mode {
+        Mode::Redirect => {
+            let dst =
+                crate::sys::original_dst(client.as_raw_fd(), local.is_ipv6()).map_err(|e| {
+                    Reject::new(
+                        Reason::BadRequest,
+                        format!("not a redirected connection (no original destination: {e})"),
+                    )
+                })?;
+            // Connected straight to the listener: nothing was redirected.
+            if dst == local {
+                return Err(Reject::new(
+                    Reason::BadRequest,
+                    "not a redirected connection (the original destination is the listener itself)",
+                ));
+            }
+            Some(dst)
+        }
+        Mode::Tproxy => Some(local),
+        Mode::Sni { .. } => None,
+    };
+    let port = match (ctx.mode, original) {
+        (Mode::Sni { port }, _) => port,
+        (_, Some(dst)) => dst.port(),
+        (_, None) => return Err(Reject::new(Reason::BadRequest, "no original destination")),
+    };
+
+    let cap = limits.max_header_bytes.max(MIN_PEEK);
+    let mut peeked = Vec::with_capacity(4096);
+    let found = peek(client, &mut peeked, cap, deadline, hello_seen).await;
+    let (dest, nameless) = match found {
+        Peeked::Name { name, from, ech } => {
+            if matches!(ctx.mode, Mode::Sni { .. }) && from != "sni" {
+                audit.port = Some(port);
+                return Err(Reject::new(
+                    Reason::BadRequest,
+                    "an sni listener takes TLS only: not a ClientHello",
+                ));
+            }
+            let host = egress_policy::parse_name(&name).map_err(|e| {
+                Reject::new(Reason::BadRequest, format!("server name {name:?}: {e}"))
+            })?;
+            if ech {
+                audit.details =
+                    Some("encrypted_client_hello: decided on the outer server name".to_owned());
+            }
+            (
+                Destination {
+                    host: Host::Name(host),
+                    port,
+                },
+                None,
+            )
+        }
+        Peeked::Nameless { why, reason } => match original {
+            // Only the original address is known: only a `cidr` rule can allow it.
+            Some(dst) => (
+                Destination {
+                    host: Host::Ip(egress_policy::canonical_ip(dst.ip())),
+                    port,
+                },
+                Some(why),
+            ),
+            None => {
+                audit.port = Some(port);
+                return Err(Reject::new(reason, why));
+            }
+        },
+    };
+    audit.host = Some(dest.host.to_string());
+    audit.port = Some(dest.port);
+
+    let found = gw.identities.identify(peer.ip());
+    let identity = found.identity;
+    audit.set_identity(&identity);
+
+    let loaded = gw.policy.load();
+    let policy = &loaded.policy;
+    let decision = policy.decide(&identity, &dest);
+    record_decision(gw, audit, &decision);
+    if decision.verdict == Verdict::Deny {
+        let mut details = match &decision.rule {
+            Some(rule) => format!("rule {rule}"),
+            None => format!("no rule allows this caller to reach {dest}"),
+        };
+        if let Some(why) = &nameless {
+            details.push_str(&format!(
+                " (no host name: {why}; only a cidr rule on the original destination can allow it)"
+            ));
+        }
+        if let Some(note) = found.note {
+            details.push_str(&format!(" ({note})"));
+        }
+        return Err(Reject::new(decision.reason.into(), details));
+    }
+    if let Some(why) = nameless {
+        audit.details = Some(format!(
+            "no host name ({why}): decided on the original destination"
+        ));
+    }
+
+    let candidates = crate::upstream::resolve(&gw.dns, &dest, &gw.metrics).await?;
+    let addrs = crate::upstream::select_addresses(
+        &gw.own_sockets,
+        &gw.config.guard,
+        policy,
+        &identity,
+        &decision,
+        &dest,
+        candidates,
+    )?;
+    drop(loaded);
+    let (mut upstream, dialed) =
+        crate::upstream::dial(&gw.config.upstream, &addrs, dest.port, &gw.metrics).await?;
+    audit.upstream = Some(dialed.to_string());
+    let allowed = (decision.verdict, Reason::from(decision.reason));
+
+    // The peeked bytes go upstream unchanged, then the relay takes over.
+    let early = peeked.len() as u64;
+    if !peeked.is_empty() {
+        if upstream.write_all(&peeked).await.is_err() {
+            audit.close = Some(Close::Error.as_str());
+            return Ok(allowed);
+        }
+        ctx.metrics.bytes_up.inc_by(early);
+    }
+    drop(peeked);
+    let mut force_close = gw.force_close.clone();
+    let stop: crate::relay::Stop = Box::pin(async move {
+        let _ = force_close.wait_for(|d| *d).await;
+        Close::Drain
+    });
+    let meters = Meters {
+        up: &ctx.metrics.bytes_up,
+        down: &ctx.metrics.bytes_down,
+    };
+    let relayed = client
+        .relay_with(&mut upstream, gw.config.upstream.idle_timeout, stop, meters)
+        .await;
+    audit.bytes_up = relayed.up + early;
+    audit.bytes_down = relayed.down;
+    audit.close = Some(relayed.close.as_str());
+    Ok(allowed)
+}

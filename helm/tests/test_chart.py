@@ -1,0 +1,756 @@
+"""Tests of the Helm chart in helm/egress-gateway.
+
+Each value set in helm/tests/values is linted, rendered for the oldest Kubernetes version the chart
+claims (Chart.yaml kubeVersion) and for the newest the schema package knows, validated against the
+Kubernetes OpenAPI schemas of that version in strict mode, and its gateway.yaml and policy.yaml are
+given to the real gateway binary. The property tests below pin the chart's promises.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import (
+    CHART,
+    CURRENT_KUBE,
+    KUBE_VERSIONS,
+    NAMESPACE,
+    OLDEST_KUBE,
+    RELEASE,
+    REPO,
+    VALUE_SETS,
+    Rendered,
+    load_values,
+    render,
+    render_error,
+    render_set,
+    run_gateway,
+)
+
+SELECTOR = {"app.kubernetes.io/name": "egress-gateway", "app.kubernetes.io/instance": RELEASE}
+
+# Kinds that are CustomResourceDefinitions of other projects: not in the Kubernetes schemas, so
+# test_crd_objects_are_well_formed checks them field by field instead.
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("cert-manager.io/v1", "Certificate"),
+}
+
+def values_with(**changes: Any) -> dict[str, Any]:
+    """Default values plus nested changes given as dotted keys: values_with(**{"a.b": 1})."""
+    values: dict[str, Any] = {}
+    for dotted, value in changes.items():
+        node = values
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return values
+
+
+# Lint -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_strict_lint_passes(value_set: str, kube_version: str) -> None:
+    report = helm.lint(
+        CHART, load_values(value_set), strict=True, namespace=NAMESPACE, kube_version=f"v{kube_version}"
+    )
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not problems and not report["errors"], report
+
+
+def test_kube_version_range_covers_the_tested_versions() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={OLDEST_KUBE}-0"
+    assert tuple(map(int, CURRENT_KUBE.split(".")[:2])) > tuple(map(int, OLDEST_KUBE.split(".")[:2]))
+
+
+# Kubernetes schemas ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_object_validates_against_the_kubernetes_schema(value_set: str, kube_version: str) -> None:
+    rendered = render_set(value_set, kube_version)
+    assert rendered.objects
+    seen = set()
+    for obj in rendered.objects:
+        key = (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+        assert key not in seen, f"{key} rendered twice"
+        seen.add(key)
+        if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} against {kube_version}: {path}: {e.message}")
+
+
+def test_prestop_sleep_only_where_kubernetes_has_it() -> None:
+    old = render_set("default", OLDEST_KUBE).container
+    new = render_set("default", CURRENT_KUBE).container
+    assert "lifecycle" not in old  # the sleep action exists from 1.30
+    assert new["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_crd_objects_are_well_formed(value_set: str) -> None:
+    rendered = render_set(value_set)
+    for obj in rendered.objects:
+        if (obj["apiVersion"], obj["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor"):
+            check_service_monitor(rendered, obj)
+        elif (obj["apiVersion"], obj["kind"]) == ("cert-manager.io/v1", "Certificate"):
+            check_certificate(rendered, obj)
+        else:
+            # Everything else is a built-in kind, which the schema test validates.
+            group = obj["apiVersion"].rpartition("/")[0]
+            assert "." not in group or group.endswith(".k8s.io"), obj["apiVersion"]
+
+
+GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+
+
+def check_metadata(obj: dict[str, Any]) -> None:
+    assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}
+    meta = obj["metadata"]
+    assert set(meta) <= {"name", "namespace", "labels", "annotations"}
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", meta["name"]) and len(meta["name"]) <= 63
+    assert all(isinstance(v, str) for v in meta.get("labels", {}).values())
+
+
+def check_service_monitor(rendered: Rendered, sm: dict[str, Any]) -> None:
+    check_metadata(sm)
+    spec = sm["spec"]
+    assert set(spec) == {"namespaceSelector", "selector", "endpoints"}
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert set(spec["selector"]) == {"matchLabels"}
+    # It selects the admin Service, and only that one.
+    matching = [
+        s
+        for s in rendered.all("Service")
+        if spec["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert [s["metadata"]["name"] for s in matching] == [f"{RELEASE}-admin"]
+    (endpoint,) = spec["endpoints"]
+    assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout"}
+    assert endpoint["port"] == "admin" and endpoint["path"] == "/metrics" and endpoint["scheme"] == "http"
+    assert [p["name"] for p in matching[0]["spec"]["ports"]] == ["admin"]
+    for key in ("interval", "scrapeTimeout"):
+        assert GO_DURATION.match(endpoint[key]), endpoint[key]
+
+
+def check_certificate(rendered: Rendered, cert: dict[str, Any]) -> None:
+    check_metadata(cert)
+    spec = cert["spec"]
+    assert set(spec) <= {
+        "secretName", "dnsNames", "duration", "renewBefore", "usages", "privateKey", "issuerRef",
+    }
+    # Its Secret is the one the Pod mounts for its TLS listeners.
+    volumes = {v["name"]: v for v in rendered.pod_spec["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == spec["secretName"]
+    svc = RELEASE
+    for name in (svc, f"{svc}.{NAMESPACE}", f"{svc}.{NAMESPACE}.svc", f"{svc}.{NAMESPACE}.svc.cluster.local"):
+        assert name in spec["dnsNames"]
+    assert set(spec["issuerRef"]) == {"name", "kind", "group"} and spec["issuerRef"]["name"]
+    assert spec["issuerRef"]["kind"] in {"Issuer", "ClusterIssuer"}
+    assert GO_DURATION.match(spec["duration"]) and GO_DURATION.match(spec["renewBefore"])
+    assert set(spec["usages"]) <= {"server auth", "digital signature", "key encipherment"}
+    assert "server auth" in spec["usages"]
+    assert spec["privateKey"]["algorithm"] in {"ECDSA", "RSA", "Ed25519"}
+    assert spec["privateKey"]["rotationPolicy"] == "Always"
+
+
+# The real binary ------------------------------------------------------------------------------
+
+# Objects that a value set expects to exist in the cluster already (not rendered by the chart).
+POLICY_IN_EXISTING_CONFIGMAP = """\
+version: 1
+rules:
+  - name: ci-to-github
+    action: allow
+    from:
+      - namespace: ci
+    to:
+      - host: github.com
+        ports: [443]
+"""
+
+
+def external_objects(dev_pki: dict[str, str]) -> dict[str, dict[str, str]]:
+    return {
+        # `kubectl create secret tls`: no ca.crt.
+        "secret/gateway-tls": {"tls.crt": dev_pki["tls.crt"], "tls.key": dev_pki["tls.key"]},
+        "configmap/spire-bundle": {"bundle.crt": dev_pki["ca.crt"]},
+        "secret/corp.vm-ca": {"ca.pem": dev_pki["ca.crt"]},
+        "configmap/egress-policy": {"rules.yaml": POLICY_IN_EXISTING_CONFIGMAP},
+    }
+
+
+def materialise_pod_files(rendered: Rendered, root: Path, dev_pki: dict[str, str]) -> None:
+    """Lay out under root the files the gateway container would see: every volume mount, filled
+    from the rendered ConfigMaps, the Secret cert-manager would write for the rendered Certificate,
+    or the objects a value set expects to exist."""
+    external = external_objects(dev_pki)
+    cert_secrets = {c["spec"]["secretName"] for c in rendered.all("Certificate")}
+    volumes = {v["name"]: v for v in rendered.pod_spec["volumes"]}
+    for mount in rendered.container["volumeMounts"]:
+        assert "subPath" not in mount, f"{mount['name']} is a subPath mount: it would never update"
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            name = volume["configMap"]["name"]
+            data = rendered.configmap_data(name) or external[f"configmap/{name}"]
+        else:
+            name = volume["secret"]["secretName"]
+            data = dev_pki if name in cert_secrets else external[f"secret/{name}"]
+        target = root / mount["mountPath"].lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        for key, content in data.items():
+            (target / key).write_text(content)
+
+
+def relocate(config: dict[str, Any], root: Path) -> dict[str, Any]:
+    """gateway.yaml with every file path moved under root."""
+    config = copy.deepcopy(config)
+
+    def moved(path: str) -> str:
+        assert path.startswith("/etc/egress/"), path
+        return str(root / path.lstrip("/"))
+
+    config["policy"]["path"] = moved(config["policy"]["path"])
+    for listener in config["listeners"]:
+        tls = listener.get("tls")
+        if tls:
+            tls["cert"], tls["key"] = moved(tls["cert"]), moved(tls["key"])
+            ca = tls["clientCa"]
+            tls["clientCa"] = [moved(p) for p in ca] if isinstance(ca, list) else moved(ca)
+    return config
+
+
+def container_env_overrides(rendered: Rendered, pod_ip: str) -> dict[str, str]:
+    """The EGRESS_GATEWAY__ variables of the container, with $(POD_IP) expanded as the kubelet
+    would."""
+    env = {}
+    for var in rendered.container.get("env", []):
+        if var["name"] == "POD_IP":
+            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        elif var["name"].startswith("EGRESS_GATEWAY__"):
+            env[var["name"]] = var["value"].replace("$(POD_IP)", pod_ip)
+    return env
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_rendered_gateway_yaml_is_accepted_by_the_binary(
+    value_set: str, gateway_bin: Path, dev_pki: dict[str, str], tmp_path: Path
+) -> None:
+    rendered = render_set(value_set)
+    materialise_pod_files(rendered, tmp_path, dev_pki)
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(relocate(rendered.gateway_yaml, tmp_path)))
+    ipv6 = load_values(value_set).get("hostNetwork", {}).get("podIPFamily") == "IPv6"
+    env = container_env_overrides(rendered, "fd00:10::5" if ipv6 else "10.20.0.11")
+    result = run_gateway(gateway_bin, "config", "validate", str(config_file), env=env)
+    assert result.returncode == 0, (
+        f"config validate refused the gateway.yaml of {value_set}:\n{result.stderr}\n"
+        f"--- gateway.yaml ---\n{rendered.gateway_yaml_text}\n--- env ---\n{env}"
+    )
+    assert "valid" in result.stdout
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_rendered_policy_is_accepted_by_the_binary(
+    value_set: str, gateway_bin: Path, dev_pki: dict[str, str], tmp_path: Path
+) -> None:
+    rendered = render_set(value_set)
+    materialise_pod_files(rendered, tmp_path, dev_pki)
+    policy_path = tmp_path / rendered.gateway_yaml["policy"]["path"].lstrip("/")
+    result = run_gateway(gateway_bin, "policy", "validate", str(policy_path))
+    assert result.returncode == 0, f"{value_set}: {result.stdout}{result.stderr}"
+
+
+def test_a_bad_policy_in_values_is_caught_by_the_binary(gateway_bin: Path, tmp_path: Path) -> None:
+    # The chart ships the policy as given; the binary is the validator (docs/deploy.md says to run
+    # `policy validate` before an upgrade). This shows that check catches what Helm cannot.
+    rendered = render(values_with(policy={"version": 1, "rules": [{"name": "x", "action": "allow"}]}))
+    path = tmp_path / "policy.yaml"
+    path.write_text(rendered.policy_text)
+    result = run_gateway(gateway_bin, "policy", "validate", str(path))
+    assert result.returncode == 2 and "from" in result.stderr
+
+
+def test_policy_text_is_shipped_verbatim() -> None:
+    text = load_values("policy-text")["policy"]
+    assert render_set("policy-text").policy_text == text
+
+
+# RBAC and the ServiceAccount token -----------------------------------------------------------
+
+RBAC_KINDS = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_rbac_exists_exactly_when_pod_identity_is_on(value_set: str) -> None:
+    rendered = render_set(value_set)
+    identity_on = load_values(value_set).get("identity", {}).get("kubernetes", {}).get("enabled", False)
+    rbac = [o for o in rendered.objects if o["kind"] in RBAC_KINDS]
+    token = rendered.pod_spec["automountServiceAccountToken"]
+    sa = rendered.one("ServiceAccount")
+    assert sa["automountServiceAccountToken"] is identity_on
+    assert token is identity_on
+    if not identity_on:
+        assert rbac == []
+        return
+    roles = [o for o in rbac if o["kind"] in {"Role", "ClusterRole"}]
+    bindings = [o for o in rbac if o["kind"] in {"RoleBinding", "ClusterRoleBinding"}]
+    assert len(roles) == 1 and len(bindings) == 1
+    assert roles[0]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    binding = bindings[0]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": roles[0]["kind"],
+        "name": roles[0]["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+    scope = load_values(value_set)["identity"]["kubernetes"].get("namespace")
+    if scope:
+        assert [roles[0]["kind"], binding["kind"]] == ["Role", "RoleBinding"]
+        assert roles[0]["metadata"]["namespace"] == scope == binding["metadata"]["namespace"]
+        assert rendered.gateway_yaml["identity"]["kubernetes"]["namespace"] == scope
+    else:
+        assert [roles[0]["kind"], binding["kind"]] == ["ClusterRole", "ClusterRoleBinding"]
+        assert "namespace" not in roles[0]["metadata"]
+    assert rendered.gateway_yaml["identity"]["kubernetes"]["enabled"] is True
+
+
+def test_rbac_create_false_renders_no_rbac() -> None:
+    rendered = render(values_with(**{"identity.kubernetes.enabled": True, "rbac.create": False}))
+    assert not [o for o in rendered.objects if o["kind"] in RBAC_KINDS]
+
+
+# Security context ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_security_context(value_set: str) -> None:
+    rendered = render_set(value_set)
+    pod, container = rendered.pod_spec, rendered.container
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["privileged"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "hostPID" not in pod and "hostIPC" not in pod
+    if any(listener.get("tproxy") for listener in rendered.gateway_yaml["listeners"]):
+        # NET_ADMIN works only for UID 0 in Kubernetes (no ambient capabilities): the one exception.
+        assert sc["capabilities"]["add"] == ["NET_ADMIN"]
+        assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False
+    else:
+        assert "add" not in sc["capabilities"]
+        assert sc["runAsNonRoot"] is True and pod["securityContext"]["runAsNonRoot"] is True
+        assert sc["runAsUser"] == 65532 and sc["runAsGroup"] == 65532
+
+
+def test_net_admin_is_added_only_for_tproxy() -> None:
+    transparent = {"listeners": {"transparent": {"enabled": True}}}
+    assert "add" not in render(transparent).container["securityContext"]["capabilities"]
+    transparent["listeners"]["transparent"]["tproxy"] = True
+    rendered = render(transparent)
+    assert rendered.container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert rendered.gateway_yaml["listeners"][1] == {
+        "name": "transparent", "kind": "transparent", "address": "0.0.0.0:15001", "tproxy": True,
+    }
+    # tproxy on a disabled listener adds nothing.
+    off = {"listeners": {"transparent": {"enabled": False, "tproxy": True}}}
+    assert "add" not in render(off).container["securityContext"]["capabilities"]
+
+
+def test_image_runs_as_the_charts_user() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
+    assert users and users[-1] == "65532:65532"
+    assert "--locked" in dockerfile and "-p egress-gateway" in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert "target" in [i.strip("/") for i in ignored] and ".git" in ignored
+
+
+# Deployment shape ----------------------------------------------------------------------------
+
+
+def test_default_deployment_is_highly_available() -> None:
+    rendered = render_set("default")
+    dep = rendered.one("Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    assert dep["spec"]["selector"]["matchLabels"] == SELECTOR
+    spread = rendered.pod_spec["topologySpreadConstraints"]
+    by_node = [c for c in spread if c["topologyKey"] == "kubernetes.io/hostname"]
+    assert by_node and by_node[0]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert by_node[0]["labelSelector"]["matchLabels"] == SELECTOR
+    pdb = rendered.one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"]["matchLabels"] == SELECTOR
+    res = rendered.container["resources"]
+    assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"]
+
+
+def test_probes_use_the_admin_port() -> None:
+    rendered = render_set("default")
+    c = rendered.container
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert {"name": "admin", "containerPort": 9901, "protocol": "TCP"} in c["ports"]
+    assert rendered.gateway_yaml["admin"] == {"address": "0.0.0.0:9901"}
+
+
+def test_hpa_owns_the_replica_count() -> None:
+    rendered = render_set("hpa")
+    assert "replicas" not in rendered.one("Deployment")["spec"]
+    hpa = rendered.one("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": RELEASE}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
+    assert {m["resource"]["name"] for m in hpa["spec"]["metrics"]} == {"cpu", "memory"}
+    assert rendered.one("PodDisruptionBudget")["spec"] == {
+        "minAvailable": 2, "selector": {"matchLabels": SELECTOR},
+    }
+    assert render_set("default").all("HorizontalPodAutoscaler") == []
+
+
+@pytest.mark.parametrize(
+    "drain, expected_floor",
+    [("30s", 30), ("500ms", 1), ("2m", 120), ("1m 30s", 90), ("1h", 3600)],
+)
+def test_termination_grace_period_exceeds_the_drain_period(drain: str, expected_floor: int) -> None:
+    rendered = render(values_with(**{"config.shutdown.drainTimeout": drain}))
+    grace = rendered.pod_spec["terminationGracePeriodSeconds"]
+    prestop = rendered.container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # SIGTERM comes after the preStop sleep; the gateway drains, then waits up to 5 s more.
+    assert grace > prestop + expected_floor + 5
+    assert rendered.gateway_yaml["shutdown"]["drainTimeout"] == drain
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_termination_grace_period_of_every_value_set(value_set: str) -> None:
+    for kube in KUBE_VERSIONS:
+        rendered = render_set(value_set, kube)
+        drain = rendered.gateway_yaml["shutdown"]["drainTimeout"]
+        seconds = sum(
+            int(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in re.findall(r"(\d+)(ms|s|m|h)", drain)
+        )
+        prestop = rendered.container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        assert rendered.pod_spec["terminationGracePeriodSeconds"] > prestop + seconds + 5
+
+
+def test_a_too_short_termination_grace_period_is_refused() -> None:
+    message = render_error(values_with(terminationGracePeriodSeconds=30))
+    assert "terminationGracePeriodSeconds" in message and "drainTimeout" in message
+
+
+# Hot reload: what rolls the Pods and what does not -------------------------------------------
+
+
+def pod_template(values: dict[str, Any]) -> dict[str, Any]:
+    return render(values).one("Deployment")["spec"]["template"]
+
+
+def test_a_policy_change_does_not_change_the_pod_template() -> None:
+    before = render(values_with())
+    after = render(values_with(policy={"version": 1, "mode": "audit", "rules": []}))
+    assert before.policy_text != after.policy_text
+    assert before.one("Deployment")["spec"]["template"] == after.one("Deployment")["spec"]["template"]
+
+
+def test_a_gateway_config_change_changes_the_pod_template() -> None:
+    before = pod_template(values_with())
+    after = pod_template(values_with(**{"config.log.level": "debug"}))
+    key = "checksum/config"
+    assert before["metadata"]["annotations"][key] != after["metadata"]["annotations"][key]
+
+
+def test_the_checksum_covers_exactly_the_rendered_gateway_yaml() -> None:
+    import hashlib
+
+    rendered = render_set("mtls-existing-secret")
+    digest = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert digest == hashlib.sha256(rendered.gateway_yaml_text.rstrip("\n").encode()).hexdigest()
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_policy_is_a_directory_mount_that_gateway_yaml_points_into(value_set: str) -> None:
+    rendered = render_set(value_set)
+    policy_path = Path(rendered.gateway_yaml["policy"]["path"])
+    mounts = {m["mountPath"]: m for m in rendered.container["volumeMounts"]}
+    mount = mounts[str(policy_path.parent)]
+    assert "subPath" not in mount and "subPathExpr" not in mount
+    volume = {v["name"]: v for v in rendered.pod_spec["volumes"]}[mount["name"]]
+    existing = load_values(value_set).get("existingPolicyConfigMap", {})
+    if existing.get("name"):
+        assert volume["configMap"] == {"name": existing["name"]}
+        assert policy_path.name == existing["key"]
+        assert rendered.policy_text is None
+    else:
+        assert volume["configMap"] == {"name": f"{RELEASE}-policy"}
+        assert policy_path.name == "policy.yaml"
+    # No mount at all uses subPath: Secrets (certificates) must update in place too.
+    assert not [m for m in rendered.container["volumeMounts"] if "subPath" in m]
+    assert rendered.container["args"] == ["run", "--config", "/etc/egress/config/gateway.yaml"]
+
+
+# Services ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_one_service_port_per_enabled_listener_and_admin_apart(value_set: str) -> None:
+    rendered = render_set(value_set)
+    listeners = rendered.gateway_yaml["listeners"]
+    proxy = rendered.one("Service", RELEASE)
+    admin = rendered.one("Service", f"{RELEASE}-admin")
+    assert [p["name"] for p in proxy["spec"]["ports"]] == [l["name"] for l in listeners]
+    assert "admin" not in [p["name"] for p in proxy["spec"]["ports"]]
+    assert 9901 not in [p["port"] for p in proxy["spec"]["ports"]]
+    container_ports = {p["name"]: p["containerPort"] for p in rendered.container["ports"]}
+    for port, listener in zip(proxy["spec"]["ports"], listeners):
+        assert port["targetPort"] == listener["name"]
+        assert container_ports[listener["name"]] == int(listener["address"].rsplit(":", 1)[1])
+    assert admin["spec"]["ports"] == [{"name": "admin", "port": 9901, "targetPort": "admin", "protocol": "TCP"}]
+    assert proxy["spec"]["selector"] == SELECTOR == admin["spec"]["selector"]
+
+
+def test_sni_listener_serves_port_443_and_dials_upstream_443() -> None:
+    rendered = render_set("transparent-sni")
+    ports = {p["name"]: p for p in rendered.one("Service", RELEASE)["spec"]["ports"]}
+    assert ports["sni"]["port"] == 443 and ports["sni"]["targetPort"] == "sni"
+    sni = [l for l in rendered.gateway_yaml["listeners"] if l["name"] == "sni"][0]
+    assert sni == {"name": "sni", "kind": "sni", "address": "0.0.0.0:8443", "upstreamPort": 443}
+
+
+# TLS -----------------------------------------------------------------------------------------
+
+
+def test_mtls_with_an_existing_secret() -> None:
+    rendered = render_set("mtls-existing-secret")
+    assert rendered.all("Certificate") == []
+    (mtls,) = [l for l in rendered.gateway_yaml["listeners"] if "tls" in l]
+    assert mtls["tls"] == {
+        "cert": "/etc/egress/tls/tls.crt",
+        "key": "/etc/egress/tls/tls.key",
+        "clientCa": [
+            "/etc/egress/client-ca/configmap-spire-bundle/bundle.crt",
+            "/etc/egress/client-ca/secret-corp.vm-ca/ca.pem",
+        ],
+        "clientAuth": "required",
+    }
+    volumes = {v["name"]: v for v in rendered.pod_spec["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "gateway-tls"
+    assert "HTTPS_PROXY=https://egress-gateway.egress.svc:3129" in rendered.notes
+
+
+def test_mtls_with_cert_manager() -> None:
+    rendered = render_set("mtls-cert-manager")
+    cert = rendered.one("Certificate")
+    assert cert["spec"]["issuerRef"] == {"name": "egress-gateway-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert "egress.corp.example" in cert["spec"]["dnsNames"]
+    (listener,) = rendered.gateway_yaml["listeners"]
+    assert listener["tls"]["clientCa"] == ["/etc/egress/tls/ca.crt"]
+    assert listener["tls"]["clientAuth"] == "optional"
+
+
+def test_no_tls_objects_without_a_tls_listener() -> None:
+    rendered = render(values_with(**{"tls.certManager.enabled": True, "tls.certManager.issuerRef.name": "x"}))
+    assert rendered.all("Certificate") == []
+    assert "tls" not in {v["name"] for v in rendered.pod_spec["volumes"]}
+
+
+# NetworkPolicies -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value_set", ["lockdown", "host-network"])
+def test_lockdown_allows_only_dns_and_the_gateway(value_set: str) -> None:
+    rendered = render_set(value_set)
+    values = load_values(value_set)
+    namespaces = values["lockdown"]["namespaces"]
+    lockdowns = [o for o in rendered.all("NetworkPolicy") if o["metadata"]["name"].endswith("-lockdown")]
+    assert sorted(o["metadata"]["namespace"] for o in lockdowns) == sorted(namespaces)
+    listener_ports = sorted(int(l["address"].rsplit(":", 1)[1]) for l in rendered.gateway_yaml["listeners"])
+    for policy in lockdowns:
+        spec = policy["spec"]
+        assert spec["podSelector"] == {}  # every Pod of the namespace
+        assert spec["policyTypes"] == ["Egress"]
+        assert "ingress" not in spec
+        dns, gateway = spec["egress"]
+        assert dns == {
+            "to": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        }
+        assert sorted(p["port"] for p in gateway["ports"]) == listener_ports
+        assert all(p["protocol"] == "TCP" for p in gateway["ports"])
+        if values.get("hostNetwork", {}).get("enabled"):
+            assert gateway["to"] == [{"ipBlock": {"cidr": c}} for c in values["lockdown"]["gatewayCidrs"]]
+        else:
+            assert gateway["to"] == [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+                "podSelector": {"matchLabels": SELECTOR},
+            }]
+
+
+def test_no_lockdown_policies_by_default() -> None:
+    names = [o["metadata"]["name"] for o in render_set("default").all("NetworkPolicy")]
+    assert names == [RELEASE]
+
+
+def test_gateway_network_policy() -> None:
+    default = render_set("default").one("NetworkPolicy", RELEASE)["spec"]
+    assert default["podSelector"] == {"matchLabels": SELECTOR}
+    assert default["policyTypes"] == ["Ingress"]  # egress open by default
+    listeners, admin = default["ingress"]
+    assert listeners == {"from": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 3128}]}
+    assert admin["ports"] == [{"protocol": "TCP", "port": 9901}]
+    assert admin["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+    restricted = render_set("pod-identity-namespace").one("NetworkPolicy", RELEASE)["spec"]
+    assert restricted["policyTypes"] == ["Ingress", "Egress"]
+    dns, api, out = restricted["egress"]
+    assert {p["protocol"] for p in dns["ports"]} == {"UDP", "TCP"}
+    assert api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    assert out["ports"] == [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 5432}]
+    assert "10.0.0.0/8" in out["to"][0]["ipBlock"]["except"]
+
+
+def test_restricted_egress_with_pod_identity_needs_the_api_server() -> None:
+    message = render_error(values_with(**{
+        "identity.kubernetes.enabled": True, "networkPolicy.egress.restrict": True,
+    }))
+    assert "networkPolicy.egress.apiServer" in message
+
+
+# hostNetwork ---------------------------------------------------------------------------------
+
+
+def test_host_network() -> None:
+    rendered = render_set("host-network")
+    pod = rendered.pod_spec
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["nodeSelector"] == {"node-role.example/egress": "true"}
+    assert pod["tolerations"][0]["key"] == "node-role.example/egress"
+    env = container_env_overrides(rendered, "10.20.0.11")
+    # The gateway reads override values as YAML.
+    assert {k: yaml.safe_load(v) for k, v in env.items()} == {
+        "EGRESS_GATEWAY__LISTENERS__0__ADDRESS": "10.20.0.11:3128",
+        "EGRESS_GATEWAY__ADMIN__ADDRESS": "10.20.0.11:9901",
+    }
+    assert "203.0.113.11, 203.0.113.12" in rendered.notes
+    assert "hostNetwork" in rendered.notes
+    assert "hostNetwork" not in render_set("default").pod_spec
+
+
+def test_host_network_ipv6_brackets_the_pod_ip() -> None:
+    env = container_env_overrides(render_set("host-network-ipv6"), "fd00:10::5")
+    assert yaml.safe_load(env["EGRESS_GATEWAY__ADMIN__ADDRESS"]) == "[fd00:10::5]:9901"
+
+
+def test_host_network_env_indexes_follow_the_listener_order() -> None:
+    values = {
+        "hostNetwork": {"enabled": True},
+        "listeners": {"transparent": {"enabled": True}, "sni": {"enabled": True}},
+    }
+    rendered = render(values)
+    env = container_env_overrides(rendered, "10.0.0.9")
+    for i, listener in enumerate(rendered.gateway_yaml["listeners"]):
+        port = listener["address"].rsplit(":", 1)[1]
+        assert yaml.safe_load(env[f"EGRESS_GATEWAY__LISTENERS__{i}__ADDRESS"]) == f"10.0.0.9:{port}"
+
+
+def test_host_network_lockdown_needs_the_node_addresses() -> None:
+    message = render_error({"hostNetwork": {"enabled": True}, "lockdown": {"namespaces": ["a"]}})
+    assert "lockdown.gatewayCidrs" in message
+
+
+# NOTES ---------------------------------------------------------------------------------------
+
+
+def test_notes_tell_how_to_use_the_gateway_and_what_to_allowlist() -> None:
+    notes = render_set("default").notes
+    assert "HTTPS_PROXY=http://egress-gateway.egress:3128" in notes
+    assert "NO_PROXY=" in notes and ".svc" in notes
+    assert "Allowlist" in notes
+    dedicated = render_set("existing-policy").notes
+    assert '{"node-role.example/egress":"true"}' in dedicated
+    assert "ConfigMap egress-policy, key rules.yaml" in dedicated
+
+
+# Values the schema and the templates refuse -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values, names",
+    [
+        ({"replicaCount": "2"}, ["/replicaCount", "integer"]),
+        ({"replicaCount": 0}, ["/replicaCount", "minimum"]),
+        ({"listeners": {"proxy": {"kind": "socks", "port": 3128}}}, ["/listeners/proxy/kind", "connect"]),
+        ({"listeners": {"proxy": {"kind": "connect", "port": 70000}}}, ["/listeners/proxy/port", "65"]),
+        ({"listeners": {"proxy": {"kind": "connect", "port": 0}}}, ["/listeners/proxy/port", "minimum"]),
+        ({"admin": {"port": 65536}}, ["/admin/port"]),
+        ({"listeners": {"proxy": {"kind": "connect", "port": 3128, "tls": {"clientAuth": "maybe"}}}},
+         ["/listeners/proxy/tls/clientAuth"]),
+        ({"listeners": {"sni": {"enabled": True, "tls": {}}}}, ["/listeners/sni/kind"]),
+        ({"listeners": {"proxy": {"kind": "connect", "port": 3128, "tproxy": True}}}, ["/listeners/proxy/kind"]),
+        ({"listeners": {"proxy": {"kind": "connect", "port": 3128, "prot": 1}}}, ["/listeners/proxy", "prot"]),
+        ({"listeners": {"Proxy_1": {"kind": "connect", "port": 3130}}}, ["Proxy_1"]),
+        ({"listeners": {"admin": {"kind": "connect", "port": 3130}}}, ["admin"]),
+        ({"replicas": 3}, ["replicas"]),
+        ({"config": {"upstream": {"connectTimout": "5s"}}}, ["/config/upstream", "connectTimout"]),
+        ({"config": {"shutdown": {"drainTimeout": "30"}}}, ["/config/shutdown/drainTimeout"]),
+        ({"config": {"log": {"format": "xml"}}}, ["/config/log/format"]),
+        ({"lockdown": {"namespaces": ["Payments"]}}, ["/lockdown/namespaces/0"]),
+        ({"networkPolicy": {"listenerFrom": []}}, ["/networkPolicy/listenerFrom"]),
+    ],
+)
+def test_bad_values_are_refused_by_the_schema(values: dict[str, Any], names: list[str]) -> None:
+    message = render_error(values)
+    for name in names:
+        assert name in message, message
+    # helm lint reports the same.
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+    assert report["errors"]
+
+
+@pytest.mark.parametrize(
+    "values, names",
+    [
+        ({"listeners": {"proxy": {"enabled": False}}}, ["at least one listener"]),
+        ({"listeners": {"sni": {"enabled": True, "port": 3128}}}, ["listeners.sni.port", "3128"]),
+        ({"listeners": {"sni": {"enabled": True, "port": 9901}}}, ["listeners.sni.port", "admin.port"]),
+        ({"listeners": {"extra": {"kind": "connect", "port": 3999, "servicePort": 3128}}},
+         ["listeners.proxy.servicePort", "3128"]),
+        ({"listeners": {"proxy-mtls": {"enabled": True}}}, ["tls.existingSecret", "tls.certManager"]),
+        ({"listeners": {"proxy-mtls": {"enabled": True}}, "tls": {"certManager": {"enabled": True}}},
+         ["tls.certManager.issuerRef.name"]),
+        ({"listeners": {"proxy-mtls": {"enabled": True}},
+          "tls": {"existingSecret": "s", "clientCa": {"fromSecret": False}}}, ["tls.clientCa"]),
+        ({"lockdown": {"namespaces": ["payments", NAMESPACE]}}, ["lockdown.namespaces", NAMESPACE]),
+        ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}}, ["autoscaling.minReplicas"]),
+    ],
+)
+def test_inconsistent_values_are_refused_by_the_templates(values: dict[str, Any], names: list[str]) -> None:
+    message = render_error(values)
+    for name in names:
+        assert name in message, message
