@@ -34,7 +34,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -55,14 +58,21 @@ fn pod_json(i: usize) -> serde_json::Value {
     let deployment = i / 50;
     let ns = format!("team-{:03}", deployment % 200);
     let app = format!("service-{deployment:04}");
-    PodBuilder::new(&ns, &format!("{app}-7d9c6b5f4-{i:06x}"), &ip_of(i).to_string())
-        .service_account(&app)
-        .label("app.kubernetes.io/name", &app)
-        .label("app.kubernetes.io/part-of", &format!("product-{:02}", deployment % 37))
-        .label("app.kubernetes.io/version", "1.14.2")
-        .label("pod-template-hash", &format!("{:010x}", deployment * 7919))
-        .label("tier", ["web", "api", "worker"][deployment % 3])
-        .build()
+    PodBuilder::new(
+        &ns,
+        &format!("{app}-7d9c6b5f4-{i:06x}"),
+        &ip_of(i).to_string(),
+    )
+    .service_account(&app)
+    .label("app.kubernetes.io/name", &app)
+    .label(
+        "app.kubernetes.io/part-of",
+        &format!("product-{:02}", deployment % 37),
+    )
+    .label("app.kubernetes.io/version", "1.14.2")
+    .label("pod-template-hash", &format!("{:010x}", deployment * 7919))
+    .label("tier", ["web", "api", "worker"][deployment % 3])
+    .build()
 }
 
 fn main() {
@@ -133,7 +143,10 @@ fn main() {
             CacheWriter::new(Arc::clone(&cache)),
         ));
         while !cache.is_synced() {
-            assert!(started.elapsed() < Duration::from_secs(600), "sync too slow");
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "sync too slow"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let took = started.elapsed();
