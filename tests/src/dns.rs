@@ -28,7 +28,6 @@ pub struct DnsServer {
 
 impl DnsServer {
     pub async fn start() -> Self {
-        let state = Arc::new(State::default());
         // UDP and TCP on the same port number.
         let (udp, tcp) = loop {
             let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS/UDP");
@@ -37,6 +36,21 @@ impl DnsServer {
                 break (udp, tcp);
             }
         };
+        Self::serve(udp, tcp)
+    }
+
+    /// Serves on sockets bound elsewhere (e.g. inside a network namespace).
+    pub fn start_on(udp: std::net::UdpSocket, tcp: std::net::TcpListener) -> Self {
+        udp.set_nonblocking(true).expect("nonblocking");
+        tcp.set_nonblocking(true).expect("nonblocking");
+        Self::serve(
+            UdpSocket::from_std(udp).expect("tokio udp"),
+            TcpListener::from_std(tcp).expect("tokio tcp"),
+        )
+    }
+
+    fn serve(udp: UdpSocket, tcp: TcpListener) -> Self {
+        let state = Arc::new(State::default());
         let addr = udp.local_addr().expect("local addr");
         let s = Arc::clone(&state);
         tokio::spawn(async move {

@@ -103,16 +103,32 @@ impl Gateway {
         listener_extra: &str,
         extra_config: &str,
     ) -> Gateway {
+        Self::start_full(
+            policy,
+            |policy_path| {
+                format!(
+                    "listeners:\n  - name: proxy\n    kind: connect\n    address: 127.0.0.1:0\n{listener_extra}admin:\n  address: 127.0.0.1:0\npolicy:\n  path: {}\nlog:\n  format: json\n  level: info\n{extra_config}",
+                    policy_path.display()
+                )
+            },
+            None,
+        )
+        .await
+    }
+
+    /// Starts the gateway with a whole gateway.yaml, which `config` writes given the policy path
+    /// (it must log JSON), optionally inside a network namespace (`ip netns exec`). `proxy` is
+    /// the first listener logged.
+    pub async fn start_full(
+        policy: &str,
+        config: impl FnOnce(&Path) -> String,
+        netns: Option<&str>,
+    ) -> Gateway {
         let dir = temp_dir("gw");
         let policy_dir = dir.join("policy");
         std::fs::create_dir_all(&policy_dir).expect("policy dir");
-        let mut gw_dir = dir.clone();
-        gw_dir.push("gateway.yaml");
-        let config = format!(
-            "listeners:\n  - name: proxy\n    kind: connect\n    address: 127.0.0.1:0\n{listener_extra}admin:\n  address: 127.0.0.1:0\npolicy:\n  path: {}\nlog:\n  format: json\n  level: info\n{extra_config}",
-            policy_dir.join("policy.yaml").display()
-        );
-        std::fs::write(&gw_dir, config).expect("write gateway.yaml");
+        let gw_dir = dir.join("gateway.yaml");
+        std::fs::write(&gw_dir, config(&policy_dir.join("policy.yaml"))).expect("write gateway.yaml");
         let mut gw = Gateway {
             child: Command::new("true").spawn().expect("placeholder"),
             proxy: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -124,7 +140,15 @@ impl Gateway {
         };
         let _ = gw.child.wait();
         gw.swap_policy(policy);
-        gw.child = Command::new(binary())
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        gw.child = command
             .args(["run", "--config"])
             .arg(&gw_dir)
             .stdin(Stdio::null())

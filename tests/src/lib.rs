@@ -7,6 +7,7 @@ pub mod apiserver;
 pub mod client;
 pub mod dns;
 pub mod gateway;
+pub mod netns;
 pub mod upstream;
 
 use std::time::Duration;

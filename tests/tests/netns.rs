@@ -1,0 +1,452 @@
+//! A whole cluster's egress path, built from network namespaces and veth pairs:
+//!
+//! ```text
+//!  pod1 10.244.1.2 ─┐                      ┌─ gw-in 10.250.0.2   [gateway]   gw-out 45.34.0.2 ─┐
+//!                   ├─ node (routes, DNS, ─┤                                                    ├─ ext: 45.33.0.10 (TLS :443,
+//!  pod2 10.244.2.2 ─┘   steering, DNAT)    └─ n-ext 45.35.0.2 ───────────────────────────────────┘   HTTP :80, greeter :7000/:7001),
+//!                                                                                                    45.33.0.20 (TLS :443), DNS .53;
+//!                                                                                                    firewall: only 45.34.0.2 gets in
+//! ```
+//!
+//! The node steers the Pods' outbound TCP to ports 80, 443 and 7000 to the gateway by policy
+//! routing; in the gateway's namespace iptables `REDIRECT`s 443 and 7000 to the `transparent`
+//! listener and `TPROXY`s 80 to a second one. Cluster DNS on the node answers `steered.*` with a
+//! Service IP that the node DNATs to the `sni` listener, as kube-proxy would. The gateway's own
+//! dials carry `upstream.mark`, and an `OUTPUT` rule in its namespace would redirect every
+//! unmarked dial back into it. The Pods are identified with `identity.static`.
+//!
+//! Needs root, `ip` and `iptables` (CI runs as root and installs them); elsewhere it says why it
+//! cannot run and passes without checking anything.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use egress_tests::dns::DnsServer;
+use egress_tests::gateway::Gateway;
+use egress_tests::netns::{unavailable, Lab};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const POLICY: &str = r#"version: 1
+rules:
+  - name: shop-web-egress
+    action: allow
+    from:
+      - spiffe: spiffe://cluster.local/ns/shop/sa/web
+    to:
+      - host: secure.example.test
+        ports: [443]
+      - host: steered.example.test
+        ports: [443]
+      - host: plain.example.test
+        ports: [80]
+      - cidr: 45.33.0.10/32
+        ports: [7000]
+"#;
+
+/// A server in the external namespace that tells each client who it is and whom it sees.
+#[derive(Clone)]
+struct Site {
+    label: &'static str,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Site {
+    fn new(label: &'static str) -> Site {
+        Site {
+            label,
+            peers: Arc::default(),
+        }
+    }
+
+    fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().expect("lock").clone()
+    }
+
+    /// HTTP/1.1 (over TLS when `tls` is given): answers any request with its label and the
+    /// client address it sees.
+    fn serve_http(&self, listener: std::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let site = self.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                site.peers.lock().expect("lock").push(peer);
+                let label = site.label;
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let body = format!("server={label} peer={}", peer.ip());
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(mut s) = acceptor.accept(tcp).await {
+                                answer(&mut s, &body).await;
+                            }
+                        }
+                        None => {
+                            let mut s = tcp;
+                            answer(&mut s, &body).await;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    /// Speaks first (like SSH or SMTP): a greeting, then close.
+    fn serve_greeting(&self, listener: std::net::TcpListener) {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let site = self.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, peer)) = listener.accept().await {
+                site.peers.lock().expect("lock").push(peer);
+                let line = format!("hello from {} peer={}\n", site.label, peer.ip());
+                let _ = tcp.write_all(line.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            }
+        });
+    }
+}
+
+async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, body: &str) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(response.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+/// A CA, and a TLS acceptor for the external names signed by it; the CA's PEM for curl.
+fn tls_material(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "external test ca");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec![
+        "secure.example.test".to_owned(),
+        "steered.example.test".to_owned(),
+    ])
+    .expect("params");
+    let cert = params
+        .signed_by(&key, &rcgen::Issuer::from_params(&ca_params, &ca_key))
+        .expect("cert");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write ca");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone(), ca.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
+    )
+    .expect("server config");
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca_path)
+}
+
+/// Runs a command inside a namespace: (success, stdout, stderr).
+async fn exec(ns: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run in namespace");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Opens a TCP connection from inside a namespace, sends nothing, and prints what arrives.
+async fn silent_client(ns: &str, ip: &str, port: u16) -> (bool, String, String) {
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && timeout 5 cat <&3");
+    exec(ns, &["bash", "-c", &script]).await
+}
+
+fn build(lab: &mut Lab) {
+    for ns in ["pod1", "pod2", "node", "gw", "ext"] {
+        lab.add(ns);
+    }
+    lab.sh(
+        "node",
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0",
+    );
+    lab.link("pod1", "eth0", "10.244.1.2/24", "node", "n-p1", "10.244.1.1/24");
+    lab.link("pod2", "eth0", "10.244.2.2/24", "node", "n-p2", "10.244.2.1/24");
+    lab.link("gw", "gw-in", "10.250.0.2/24", "node", "n-gw", "10.250.0.1/24");
+    lab.link("gw", "gw-out", "45.34.0.2/24", "ext", "e-gw", "45.34.0.1/24");
+    lab.link("node", "n-ext", "45.35.0.2/24", "ext", "e-node", "45.35.0.1/24");
+    lab.sh("pod1", "ip route add default via 10.244.1.1");
+    lab.sh("pod2", "ip route add default via 10.244.2.1");
+    // The node: cluster routes, the way out (masqueraded as the node), steering of the Pods'
+    // outbound TCP to the gateway, and a kube-proxy-style DNAT of a Service IP to the sni
+    // listener.
+    lab.sh(
+        "node",
+        "for i in n-p1 n-p2 n-gw n-ext; do sysctl -qw net.ipv4.conf.$i.rp_filter=0; done
+         ip route add default via 45.35.0.1
+         iptables -t nat -A POSTROUTING -o n-ext -j MASQUERADE
+         iptables -t mangle -A PREROUTING -s 10.244.0.0/16 ! -d 10.0.0.0/8 -p tcp -m multiport --dports 80,443,7000 -j MARK --set-mark 0x1
+         ip rule add fwmark 0x1 lookup 100
+         ip route add default via 10.250.0.2 dev n-gw table 100
+         iptables -t nat -A PREROUTING -d 10.96.0.10 -p tcp --dport 443 -j DNAT --to-destination 10.250.0.2:8443",
+    );
+    // The gateway: routes back to the Pods, out through its outside address; REDIRECT and
+    // TPROXY into its listeners; and a rule that would loop every unmarked dial of its own
+    // back into it.
+    lab.sh(
+        "gw",
+        "ip route add 10.244.0.0/16 via 10.250.0.1
+         ip route add default via 45.34.0.1
+         iptables -t nat -A PREROUTING -i gw-in ! -d 10.250.0.2 -p tcp -m multiport --dports 443,7000 -j REDIRECT --to-ports 15001
+         iptables -t mangle -A PREROUTING -i gw-in ! -d 10.250.0.2 -p tcp --dport 80 -j TPROXY --on-port 15002 --tproxy-mark 0x1/0x1
+         ip rule add fwmark 0x1/0x1 lookup 100
+         ip route add local 0.0.0.0/0 dev lo table 100
+         iptables -t nat -A OUTPUT -p tcp -m mark --mark 0x2000 -j RETURN
+         iptables -t nat -A OUTPUT -p tcp -m multiport --dports 80,443,7000 -j REDIRECT --to-ports 15001",
+    );
+    // The outside world: its servers, and a firewall that lets in only the gateway.
+    lab.sh(
+        "ext",
+        "ip addr add 45.33.0.10/32 dev lo
+         ip addr add 45.33.0.20/32 dev lo
+         ip addr add 45.33.0.53/32 dev lo
+         iptables -A INPUT -i lo -j ACCEPT
+         iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+         iptables -A INPUT -s 45.34.0.2 -j ACCEPT
+         iptables -A INPUT -p tcp -j REJECT --reject-with tcp-reset
+         iptables -A INPUT -j DROP",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_reaches_out_only_through_the_gateway_and_only_where_allowed() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED the network-namespace test: {why}");
+        return;
+    }
+    let mut lab = Lab::new("c");
+    build(&mut lab);
+    let dir = egress_tests::gateway::temp_dir("netns");
+    let (acceptor, ca) = tls_material(&dir);
+    let ca = ca.display().to_string();
+
+    // Servers in the outside world.
+    let site_a = Site::new("A");
+    let site_b = Site::new("B");
+    let site_http = Site::new("A-http");
+    let greeter = Site::new("greeter");
+    let unreachable = Site::new("direct");
+    let l = lab.inside("ext", || std::net::TcpListener::bind("45.33.0.10:443"));
+    site_a.serve_http(l, Some(acceptor.clone()));
+    let l = lab.inside("ext", || std::net::TcpListener::bind("45.33.0.20:443"));
+    site_b.serve_http(l, Some(acceptor));
+    let l = lab.inside("ext", || std::net::TcpListener::bind("45.33.0.10:80"));
+    site_http.serve_http(l, None);
+    let l = lab.inside("ext", || std::net::TcpListener::bind("45.33.0.10:7000"));
+    greeter.serve_greeting(l);
+    let l = lab.inside("ext", || std::net::TcpListener::bind("45.33.0.10:7001"));
+    unreachable.serve_greeting(l);
+    // The world's DNS, which the gateway uses.
+    let (udp, tcp) = lab.inside("ext", || {
+        Ok((
+            std::net::UdpSocket::bind("45.33.0.53:53")?,
+            std::net::TcpListener::bind("45.33.0.53:53")?,
+        ))
+    });
+    let world_dns = DnsServer::start_on(udp, tcp);
+    world_dns.set("secure.example.test", &["45.33.0.10"]);
+    world_dns.set("steered.example.test", &["45.33.0.10"]);
+    world_dns.set("plain.example.test", &["45.33.0.10"]);
+    // Cluster DNS on the node, which the Pods use: steered names answer with the Service IP.
+    let (udp, tcp) = lab.inside("node", || {
+        Ok((
+            std::net::UdpSocket::bind("0.0.0.0:53")?,
+            std::net::TcpListener::bind("0.0.0.0:53")?,
+        ))
+    });
+    let cluster_dns = DnsServer::start_on(udp, tcp);
+    cluster_dns.set("secure.example.test", &["45.33.0.10"]);
+    cluster_dns.set("plain.example.test", &["45.33.0.10"]);
+    cluster_dns.set("steered.example.test", &["10.96.0.10"]);
+    lab.resolv_conf("pod1", "10.244.1.1");
+    lab.resolv_conf("pod2", "10.244.2.1");
+
+    let gw = Gateway::start_full(
+        POLICY,
+        |policy| {
+            format!(
+                r#"listeners:
+  - {{name: proxy, kind: connect, address: "10.250.0.2:3128"}}
+  - {{name: transparent, kind: transparent, address: "0.0.0.0:15001"}}
+  - {{name: tproxy, kind: transparent, address: "0.0.0.0:15002", tproxy: true}}
+  - {{name: sni, kind: sni, address: "10.250.0.2:8443", upstreamPort: 443}}
+admin: {{address: "127.0.0.1:0"}}
+policy: {{path: {}}}
+identity:
+  static:
+    - {{cidr: 10.244.1.0/24, spiffe: "spiffe://cluster.local/ns/shop/sa/web"}}
+    - {{cidr: 10.244.2.0/24, spiffe: "spiffe://cluster.local/ns/batch/sa/job"}}
+dns: {{nameservers: ["45.33.0.53:53"]}}
+upstream: {{mark: 0x2000, connectTimeout: 2s}}
+limits: {{headerReadTimeout: 1s}}
+log: {{format: json, level: info}}
+"#,
+                policy.display()
+            )
+        },
+        Some(&lab.ns("gw")),
+    )
+    .await;
+    let (pod1, pod2) = (lab.ns("pod1"), lab.ns("pod2"));
+    let curl = |extra: &'static [&'static str]| {
+        let mut args = vec!["curl", "-sS", "--max-time", "5", "--cacert", ca.as_str()];
+        args.extend_from_slice(extra);
+        args
+    };
+
+    // 1. Transparent path, by name: the allowed Pod reaches the server, which sees the gateway.
+    let (ok, out, err) = exec(&pod1, &curl(&["https://secure.example.test/"])).await;
+    assert!(ok, "pod1 through the transparent listener: {err}");
+    assert_eq!(out, "server=A peer=45.34.0.2");
+    let line = gw
+        .wait_audit("transparent allow", |a| {
+            a["listener"] == "transparent" && a["decision"] == "allow"
+        })
+        .await;
+    assert_eq!(line["host"], "secure.example.test");
+    assert_eq!(line["upstream"], "45.33.0.10:443");
+    assert_eq!(line["identity"], "spiffe://cluster.local/ns/shop/sa/web");
+    assert!(line["source"].as_str().is_some_and(|s| s.starts_with("10.244.1.2:")));
+
+    // 2. The denied Pod gets a TLS access_denied alert and an audit line with the reason.
+    let seen_by_a = site_a.peers().len();
+    let (ok, _, err) = exec(&pod2, &curl(&["https://secure.example.test/"])).await;
+    assert!(!ok, "pod2 must be refused");
+    assert!(err.to_lowercase().contains("access denied"), "{err}");
+    let line = gw
+        .wait_audit("transparent deny", |a| {
+            a["listener"] == "transparent"
+                && a["source"].as_str().is_some_and(|s| s.starts_with("10.244.2.2:"))
+        })
+        .await;
+    assert_eq!(line["decision"], "deny");
+    assert_eq!(line["reason"], "no_matching_rule");
+    assert_eq!(line["host"], "secure.example.test");
+    assert_eq!(site_a.peers().len(), seen_by_a);
+
+    // 3. Going straight out, around the gateway (a port the node does not steer): the outside
+    // firewall refuses anything that is not the gateway.
+    let (ok, out, _) = silent_client(&pod1, "45.33.0.10", 7001).await;
+    assert!(!ok && out.is_empty(), "a direct connection must fail: {out}");
+    assert!(unreachable.peers().is_empty());
+
+    // 4. SNI spoofing: an allowed name aimed at another IP reaches the allowed name's server.
+    let (ok, out, err) = exec(
+        &pod1,
+        &curl(&["--resolve", "secure.example.test:443:45.33.0.20", "https://secure.example.test/"]),
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "server=A peer=45.34.0.2");
+    assert!(site_b.peers().is_empty(), "the spoofed IP was dialed");
+
+    // 5. DNS steering through the sni listener.
+    let (ok, out, err) = exec(&pod1, &curl(&["https://steered.example.test/"])).await;
+    assert!(ok, "pod1 through the sni listener: {err}");
+    assert_eq!(out, "server=A peer=45.34.0.2");
+    let line = gw
+        .wait_audit("sni allow", |a| a["listener"] == "sni" && a["decision"] == "allow")
+        .await;
+    assert_eq!(line["host"], "steered.example.test");
+    assert_eq!(line["port"], 443);
+    let (ok, _, err) = exec(&pod2, &curl(&["https://steered.example.test/"])).await;
+    assert!(!ok);
+    assert!(err.to_lowercase().contains("access denied"), "{err}");
+    gw.wait_audit("sni deny", |a| {
+        a["listener"] == "sni" && a["reason"] == "no_matching_rule"
+    })
+    .await;
+
+    // 6. Explicit CONNECT from inside a Pod with curl.
+    let (ok, out, err) = exec(
+        &pod1,
+        &curl(&["-x", "http://10.250.0.2:3128", "https://secure.example.test/"]),
+    )
+    .await;
+    assert!(ok, "pod1 through the connect listener: {err}");
+    assert_eq!(out, "server=A peer=45.34.0.2");
+    let (ok, _, _) = exec(
+        &pod2,
+        &curl(&["-x", "http://10.250.0.2:3128", "https://secure.example.test/"]),
+    )
+    .await;
+    assert!(!ok);
+    gw.wait_audit("connect deny", |a| {
+        a["listener"] == "proxy" && a["reason"] == "no_matching_rule"
+    })
+    .await;
+
+    // 7. TPROXY and plain HTTP: the Host header names the destination.
+    let (ok, out, err) = exec(&pod1, &curl(&["http://plain.example.test/"])).await;
+    assert!(ok, "pod1 through the tproxy listener: {err}");
+    assert_eq!(out, "server=A-http peer=45.34.0.2");
+    let line = gw
+        .wait_audit("tproxy allow", |a| a["listener"] == "tproxy" && a["decision"] == "allow")
+        .await;
+    assert_eq!(line["host"], "plain.example.test");
+
+    // 8. A client that waits for the server to speak: no name, so only the cidr rule on the
+    // original destination decides.
+    let (_, out, _) = silent_client(&pod1, "45.33.0.10", 7000).await;
+    assert_eq!(out, "hello from greeter peer=45.34.0.2\n");
+    let line = gw
+        .wait_audit("nameless allow", |a| a["host"] == "45.33.0.10" && a["decision"] == "allow")
+        .await;
+    assert!(line["details"].as_str().is_some_and(|d| d.contains("no host name")));
+    let (_, out, _) = silent_client(&pod2, "45.33.0.10", 7000).await;
+    assert!(out.is_empty(), "pod2 has no cidr rule: {out}");
+    let line = gw
+        .wait_audit("nameless deny", |a| {
+            a["host"] == "45.33.0.10" && a["decision"] == "deny"
+        })
+        .await;
+    assert!(line["details"]
+        .as_str()
+        .is_some_and(|d| d.contains("only a cidr rule")));
+
+    // 9. No loops: every connection the gateway saw came from a Pod, none from itself, and
+    // every site saw only the gateway's outside address.
+    let audit = gw.audit();
+    for a in &audit {
+        let source = a["source"].as_str().unwrap_or_default();
+        assert!(source.starts_with("10.244."), "a connection from the gateway itself: {a}");
+    }
+    for site in [&site_a, &site_http, &greeter] {
+        for peer in site.peers() {
+            assert_eq!(peer.ip().to_string(), "45.34.0.2");
+        }
+    }
+    drop(gw);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(dir);
+}
