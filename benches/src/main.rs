@@ -17,6 +17,7 @@
 
 mod client;
 mod mtls;
+mod pq;
 mod sys;
 mod upstreams;
 
@@ -91,7 +92,10 @@ enum Cmd {
         settle_ms: u64,
     },
     /// Workers in a loop: open, full TLS 1.3 handshake with a client certificate (no resumption),
-    /// one small exchange (CONNECT + 64-byte echo, or GET /), close_notify.
+    /// one small exchange (CONNECT + 64-byte echo, or GET /), close_notify. Without --cert/--key:
+    /// the same with no client certificate (`tls-rate` in the result line), e.g. through an SNI
+    /// router to a TLS server.
+    #[command(alias = "tls-rate")]
     MtlsRate(MtlsArgs),
 }
 
@@ -106,12 +110,17 @@ struct MtlsArgs {
     /// PEM trust bundle for the server's certificate.
     #[arg(long)]
     ca: PathBuf,
-    /// PEM client certificate chain, leaf first.
-    #[arg(long)]
-    cert: PathBuf,
+    /// PEM client certificate chain, leaf first (omit, with --key, for a client without one:
+    /// the result line then says tls-rate).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
     /// PEM private key of the client certificate (PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Offer an X25519MLKEM768-sized key share first (plus X25519, which the server picks): a
+    /// ClientHello of post-quantum size, about 1.7 KB.
     #[arg(long)]
-    key: PathBuf,
+    pq_share: bool,
     /// Name the server's certificate is checked against (SNI too, unless an IP address); in mode
     /// http also the Host header.
     #[arg(long, default_value = "localhost")]
@@ -270,8 +279,8 @@ fn mtls_target(a: MtlsArgs) -> Result<(MtlsTarget, PemPaths, usize, Duration)> {
     };
     let pems = PemPaths {
         ca: a.ca,
-        cert: a.cert,
-        key: a.key,
+        cert: a.cert.zip(a.key),
+        pq_share: a.pq_share,
     };
     Ok((target, pems, a.concurrency, secs))
 }

@@ -43,8 +43,10 @@ pub enum MtlsMode {
 /// The PEM files of the client: trust anchors for the server, own chain and key.
 pub struct PemPaths {
     pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// The client certificate chain and key; none for a client without a certificate.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    /// Offer a post-quantum-sized key share first ([`crate::pq`]).
+    pub pq_share: bool,
 }
 
 /// Where the workers connect and what they do there.
@@ -78,13 +80,14 @@ struct Shared {
     /// Cycles whose exchange succeeded but whose close (close_notify, FIN) failed: still counted as
     /// handshakes, and reported on stderr.
     close_errors: AtomicU64,
+    client_cert: bool,
 }
 
 /// The client's TLS material, loaded once; each worker builds its own configuration from it.
 struct Material {
     roots: Arc<RootCertStore>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    pq_share: bool,
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
@@ -105,27 +108,41 @@ fn load_material(p: &PemPaths) -> Result<Material> {
             .add(ca)
             .with_context(|| format!("{}: certificate {i} is not a usable CA", p.ca.display()))?;
     }
-    let chain = load_certs(&p.cert)?;
-    // The error of from_pem_file never contains key material, only what is wrong with the file.
-    let key = PrivateKeyDer::from_pem_file(&p.key)
-        .with_context(|| format!("{}: no usable private key", p.key.display()))?;
+    let client = match &p.cert {
+        Some((cert, key)) => {
+            let chain = load_certs(cert)?;
+            // The error of from_pem_file never contains key material, only what is wrong with
+            // the file.
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("{}: no usable private key", key.display()))?;
+            Some((chain, key))
+        }
+        None => None,
+    };
     Ok(Material {
         roots: Arc::new(roots),
-        chain,
-        key,
+        client,
+        pq_share: p.pq_share,
     })
 }
 
-/// One worker's configuration: ring, TLS 1.3 only, the client certificate, no resumption (no
-/// session cache, no tickets, no 0-RTT), so every connection is a full handshake.
+/// One worker's configuration: ring, TLS 1.3 only, the client certificate if any, no resumption
+/// (no session cache, no tickets, no 0-RTT), so every connection is a full handshake.
 fn client_config(m: &Material) -> Result<Arc<ClientConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::ring::default_provider();
+    if m.pq_share {
+        provider.kx_groups.insert(0, crate::pq::GROUP);
+    }
+    let builder = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with the ring provider")?
-        .with_root_certificates(Arc::clone(&m.roots))
-        .with_client_auth_cert(m.chain.clone(), m.key.clone_key())
-        .context("the client certificate and key do not form a usable pair")?;
+        .with_root_certificates(Arc::clone(&m.roots));
+    let mut config = match &m.client {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .context("the client certificate and key do not form a usable pair")?,
+        None => builder.with_no_client_auth(),
+    };
     config.resumption = Resumption::disabled();
     config.enable_early_data = false;
     Ok(Arc::new(config))
@@ -148,6 +165,7 @@ pub async fn mtls_rate(
         target,
         next_source: AtomicU32::new(0),
         close_errors: AtomicU64::new(0),
+        client_cert: pems.cert.is_some(),
     });
     eprintln!(
         "mtls-rate {}: {} mode {:?}, server name {:?}, {} sources, {concurrency} workers, {} s",
@@ -180,7 +198,11 @@ pub async fn mtls_rate(
     }
     client::report(
         &RateReport {
-            metric: "mtls-rate",
+            metric: if shared.client_cert {
+                "mtls-rate"
+            } else {
+                "tls-rate"
+            },
             label: &shared.target.label,
             cycles: "full handshakes",
             unit: "hs/s",

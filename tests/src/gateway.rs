@@ -128,7 +128,8 @@ impl Gateway {
         let policy_dir = dir.join("policy");
         std::fs::create_dir_all(&policy_dir).expect("policy dir");
         let gw_dir = dir.join("gateway.yaml");
-        std::fs::write(&gw_dir, config(&policy_dir.join("policy.yaml"))).expect("write gateway.yaml");
+        std::fs::write(&gw_dir, config(&policy_dir.join("policy.yaml")))
+            .expect("write gateway.yaml");
         let mut gw = Gateway {
             child: Command::new("true").spawn().expect("placeholder"),
             proxy: SocketAddr::from(([0, 0, 0, 0], 0)),

@@ -24,7 +24,9 @@ pub fn unavailable() -> Option<String> {
         let found = Command::new(tool).arg("-V").output().is_ok()
             || Command::new(tool).arg("--version").output().is_ok();
         if !found {
-            return Some(format!("{tool} is not installed (apt-get install iproute2 iptables)"));
+            return Some(format!(
+                "{tool} is not installed (apt-get install iproute2 iptables)"
+            ));
         }
     }
     None
@@ -73,8 +75,14 @@ impl Lab {
                 "-n", &na, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &nb,
             ],
         );
-        self.sh(a, &format!("ip addr add {a_addr} dev {a_if} && ip link set {a_if} up"));
-        self.sh(b, &format!("ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"));
+        self.sh(
+            a,
+            &format!("ip addr add {a_addr} dev {a_if} && ip link set {a_if} up"),
+        );
+        self.sh(
+            b,
+            &format!("ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"),
+        );
     }
 
     /// Runs a shell command inside a namespace; panics with its output if it fails.

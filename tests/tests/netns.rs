@@ -190,11 +190,46 @@ fn build(lab: &mut Lab) {
         "node",
         "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0",
     );
-    lab.link("pod1", "eth0", "10.244.1.2/24", "node", "n-p1", "10.244.1.1/24");
-    lab.link("pod2", "eth0", "10.244.2.2/24", "node", "n-p2", "10.244.2.1/24");
-    lab.link("gw", "gw-in", "10.250.0.2/24", "node", "n-gw", "10.250.0.1/24");
-    lab.link("gw", "gw-out", "45.34.0.2/24", "ext", "e-gw", "45.34.0.1/24");
-    lab.link("node", "n-ext", "45.35.0.2/24", "ext", "e-node", "45.35.0.1/24");
+    lab.link(
+        "pod1",
+        "eth0",
+        "10.244.1.2/24",
+        "node",
+        "n-p1",
+        "10.244.1.1/24",
+    );
+    lab.link(
+        "pod2",
+        "eth0",
+        "10.244.2.2/24",
+        "node",
+        "n-p2",
+        "10.244.2.1/24",
+    );
+    lab.link(
+        "gw",
+        "gw-in",
+        "10.250.0.2/24",
+        "node",
+        "n-gw",
+        "10.250.0.1/24",
+    );
+    lab.link(
+        "gw",
+        "gw-out",
+        "45.34.0.2/24",
+        "ext",
+        "e-gw",
+        "45.34.0.1/24",
+    );
+    lab.link(
+        "node",
+        "n-ext",
+        "45.35.0.2/24",
+        "ext",
+        "e-node",
+        "45.35.0.1/24",
+    );
     lab.sh("pod1", "ip route add default via 10.244.1.1");
     lab.sh("pod2", "ip route add default via 10.244.2.1");
     // The node: cluster routes, the way out (masqueraded as the node), steering of the Pods'
@@ -336,7 +371,9 @@ log: {{format: json, level: info}}
     assert_eq!(line["host"], "secure.example.test");
     assert_eq!(line["upstream"], "45.33.0.10:443");
     assert_eq!(line["identity"], "spiffe://cluster.local/ns/shop/sa/web");
-    assert!(line["source"].as_str().is_some_and(|s| s.starts_with("10.244.1.2:")));
+    assert!(line["source"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("10.244.1.2:")));
 
     // 2. The denied Pod gets a TLS access_denied alert and an audit line with the reason.
     let seen_by_a = site_a.peers().len();
@@ -346,7 +383,9 @@ log: {{format: json, level: info}}
     let line = gw
         .wait_audit("transparent deny", |a| {
             a["listener"] == "transparent"
-                && a["source"].as_str().is_some_and(|s| s.starts_with("10.244.2.2:"))
+                && a["source"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("10.244.2.2:"))
         })
         .await;
     assert_eq!(line["decision"], "deny");
@@ -357,13 +396,20 @@ log: {{format: json, level: info}}
     // 3. Going straight out, around the gateway (a port the node does not steer): the outside
     // firewall refuses anything that is not the gateway.
     let (ok, out, _) = silent_client(&pod1, "45.33.0.10", 7001).await;
-    assert!(!ok && out.is_empty(), "a direct connection must fail: {out}");
+    assert!(
+        !ok && out.is_empty(),
+        "a direct connection must fail: {out}"
+    );
     assert!(unreachable.peers().is_empty());
 
     // 4. SNI spoofing: an allowed name aimed at another IP reaches the allowed name's server.
     let (ok, out, err) = exec(
         &pod1,
-        &curl(&["--resolve", "secure.example.test:443:45.33.0.20", "https://secure.example.test/"]),
+        &curl(&[
+            "--resolve",
+            "secure.example.test:443:45.33.0.20",
+            "https://secure.example.test/",
+        ]),
     )
     .await;
     assert!(ok, "{err}");
@@ -375,7 +421,9 @@ log: {{format: json, level: info}}
     assert!(ok, "pod1 through the sni listener: {err}");
     assert_eq!(out, "server=A peer=45.34.0.2");
     let line = gw
-        .wait_audit("sni allow", |a| a["listener"] == "sni" && a["decision"] == "allow")
+        .wait_audit("sni allow", |a| {
+            a["listener"] == "sni" && a["decision"] == "allow"
+        })
         .await;
     assert_eq!(line["host"], "steered.example.test");
     assert_eq!(line["port"], 443);
@@ -390,14 +438,22 @@ log: {{format: json, level: info}}
     // 6. Explicit CONNECT from inside a Pod with curl.
     let (ok, out, err) = exec(
         &pod1,
-        &curl(&["-x", "http://10.250.0.2:3128", "https://secure.example.test/"]),
+        &curl(&[
+            "-x",
+            "http://10.250.0.2:3128",
+            "https://secure.example.test/",
+        ]),
     )
     .await;
     assert!(ok, "pod1 through the connect listener: {err}");
     assert_eq!(out, "server=A peer=45.34.0.2");
     let (ok, _, _) = exec(
         &pod2,
-        &curl(&["-x", "http://10.250.0.2:3128", "https://secure.example.test/"]),
+        &curl(&[
+            "-x",
+            "http://10.250.0.2:3128",
+            "https://secure.example.test/",
+        ]),
     )
     .await;
     assert!(!ok);
@@ -411,7 +467,9 @@ log: {{format: json, level: info}}
     assert!(ok, "pod1 through the tproxy listener: {err}");
     assert_eq!(out, "server=A-http peer=45.34.0.2");
     let line = gw
-        .wait_audit("tproxy allow", |a| a["listener"] == "tproxy" && a["decision"] == "allow")
+        .wait_audit("tproxy allow", |a| {
+            a["listener"] == "tproxy" && a["decision"] == "allow"
+        })
         .await;
     assert_eq!(line["host"], "plain.example.test");
 
@@ -420,9 +478,13 @@ log: {{format: json, level: info}}
     let (_, out, _) = silent_client(&pod1, "45.33.0.10", 7000).await;
     assert_eq!(out, "hello from greeter peer=45.34.0.2\n");
     let line = gw
-        .wait_audit("nameless allow", |a| a["host"] == "45.33.0.10" && a["decision"] == "allow")
+        .wait_audit("nameless allow", |a| {
+            a["host"] == "45.33.0.10" && a["decision"] == "allow"
+        })
         .await;
-    assert!(line["details"].as_str().is_some_and(|d| d.contains("no host name")));
+    assert!(line["details"]
+        .as_str()
+        .is_some_and(|d| d.contains("no host name")));
     let (_, out, _) = silent_client(&pod2, "45.33.0.10", 7000).await;
     assert!(out.is_empty(), "pod2 has no cidr rule: {out}");
     let line = gw
@@ -439,7 +501,10 @@ log: {{format: json, level: info}}
     let audit = gw.audit();
     for a in &audit {
         let source = a["source"].as_str().unwrap_or_default();
-        assert!(source.starts_with("10.244."), "a connection from the gateway itself: {a}");
+        assert!(
+            source.starts_with("10.244."),
+            "a connection from the gateway itself: {a}"
+        );
     }
     for site in [&site_a, &site_http, &greeter] {
         for peer in site.peers() {
