@@ -68,8 +68,8 @@ clientlog=$run/egress-bench-client.log
 # Proxies hold two descriptors per tunnel; the gateway inherits this limit (peers.sh sets its own).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-log() { echo "run.sh: $*" >&2; }
-die() { log "$*"; exit 1; }
+# shellcheck source=benches/lib.sh
+. "$repo/benches/lib.sh"
 selected() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # ---- build -------------------------------------------------------------------------------------
@@ -85,7 +85,6 @@ esac
 client() { taskset -c 1 "$bin/egress-bench" "$@" 2>>"$clientlog"; }
 
 # ---- peers: install if missing, check what they allow ------------------------------------------
-envoy_bin() { echo "${ENVOY:-$(ls "$run"/envoy-venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -1)}"; }
 missing=""
 for c in haproxy nginx squid; do command -v "$c" >/dev/null || missing="$missing $c"; done
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$missing nginx-stream-module"
@@ -109,21 +108,10 @@ grep -q '"127.0.0.1:9000"' "$conf/envoy-connect.conf" && grep -q '"127.0.0.1:900
 
 # ---- process bookkeeping -----------------------------------------------------------------------
 up_pid="" gw_pid="" cur_peer=""
-alive() { # pid: running and not a zombie
-  local s; s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-  case $s in Z*) return 1 ;; *) return 0 ;; esac
-}
-wait_gone() { # pid seconds
-  local i; for ((i = 0; i < $2 * 10; i++)); do alive "$1" || return 0; sleep 0.1; done; return 1
-}
-wait_port() { # port seconds
-  local i; for ((i = 0; i < $2 * 10; i++)); do listening "$1" && return 0; sleep 0.1; done; return 1
-}
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 ports_free() { # port...: none of them has a listener yet (a stale peer would be measured instead)
   local p; for p in "$@"; do listening "$p" && { log "127.0.0.1:$p is already in use"; return 1; }; done; return 0
 }
-stop_peer() {
+stop_cur_peer() {
   [ -n "$cur_peer" ] || return 0
   local pf=$run/$cur_peer.pid pid=""
   [ -f "$pf" ] && pid=$(cat "$pf")
@@ -131,15 +119,8 @@ stop_peer() {
   [ -z "$pid" ] || wait_gone "$pid" 15 || { log "$cur_peer ($pid) still running; killing"; kill -KILL "$pid" 2>/dev/null || true; }
   cur_peer=""
 }
-stop_gateway() {
-  [ -n "$gw_pid" ] || return 0
-  kill -TERM "$gw_pid" 2>/dev/null || true
-  wait_gone "$gw_pid" 30 || { log "egress-gateway still running; killing"; kill -KILL "$gw_pid" 2>/dev/null || true; }
-  wait "$gw_pid" 2>/dev/null || true
-  gw_pid=""
-}
 cleanup() {
-  stop_peer; stop_gateway
+  stop_cur_peer; stop_gateway
   if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
@@ -219,9 +200,6 @@ EOF
 
 # ---- measurements ------------------------------------------------------------------------------
 declare -A THR RATE ERRS P50 P99 IDLE VIA
-field() { # line n: the n-th word of a result line, or n/a
-  local v; v=$(awk -v n="$2" '{print $n}' <<<"$1"); echo "${v:-n/a}"
-}
 
 # TIME_WAIT: each connection-rate run leaves loopback sockets in TIME_WAIT, and the paths run in
 # a fixed order with `direct` first. From then on the kernel's TIME_WAIT table is full for every
@@ -261,12 +239,12 @@ peer() { # name via discard-port echo-port
   ports_free "$3" "$4" || { log "$name: skipped"; return 0; }
   cur_peer=$name
   "$peers" start "$name" >/dev/null || { log "$name did not start"; cur_peer=""; return 0; }
-  wait_port "$3" 20 && wait_port "$4" 20 || { log "$name does not listen"; stop_peer; return 0; }
+  wait_port "$3" 20 && wait_port "$4" 20 || { log "$name does not listen"; stop_cur_peer; return 0; }
   pid=$(cat "$run/$name.pid")
   # nginx runs a master and one worker: the worker holds the connections.
   case $name in nginx-*) pid=$(pgrep -P "$pid" | head -1 || true) ;; esac
   measure "$@" "$pid"
-  stop_peer
+  stop_cur_peer
 }
 
 for name in $only; do
@@ -348,16 +326,6 @@ if [ "$mtls" != 0 ]; then
   declare -A MRATE MERRS MP50 MP99 MCPU MMODE
   mtls_order=()
   clk_tck=$(getconf CLK_TCK)
-  cpu_ticks() { # pid...: utime+stime summed over the processes, in clock ticks
-    local p sum=0 t
-    for p in "$@"; do
-      # Fields after the ')' that closes comm: state is field 3, so utime (14) is $12, stime (15) $13.
-      t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || return 1
-      [ -n "$t" ] || return 1
-      sum=$((sum + t))
-    done
-    echo "$sum"
-  }
   mtls_measure() { # name mode port pid... (the server's processes; none: no CPU figure)
     local name=$1 mode=$2 port=$3 out c0="" c1="" to=()
     shift 3
@@ -402,7 +370,7 @@ if [ "$mtls" != 0 ]; then
         mapfile -t nginx_pids < <(echo "$master"; pgrep -P "$master" || true)
         mtls_measure nginx-upstream http 9106 "${nginx_pids[@]}"
       else log "nginx-upstream does not listen on 9106"; fi
-      stop_peer
+      stop_cur_peer
     else log "nginx-upstream did not start"; cur_peer=""; fi
   else log "nginx-upstream: skipped"; fi
   sleep 1

@@ -515,3 +515,96 @@ log: {{format: json, level: info}}
     drop(lab);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// IPv6: `SO_ORIGINAL_DST` through `ip6tables` `REDIRECT`, for a TLS client (the SNI decides) and a
+/// silent one (the original IPv6 destination decides), in one namespace where an `OUTPUT` rule
+/// redirects the clients and exempts the gateway's marked dials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_redirected_connections_keep_their_original_destination() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED the IPv6 network-namespace test: {why}");
+        return;
+    }
+    let mut lab = Lab::new("6");
+    lab.add("host");
+    lab.sh(
+        "host",
+        "ip -6 addr add fd00:33::10/128 dev lo nodad
+         ip6tables -t nat -A OUTPUT -p tcp -m mark --mark 0x2000 -j RETURN
+         ip6tables -t nat -A OUTPUT -p tcp -d fd00:33::10 -m multiport --dports 443,7000 -j REDIRECT --to-ports 15001",
+    );
+    let dir = egress_tests::gateway::temp_dir("netns6");
+    let (acceptor, ca) = tls_material(&dir);
+    let ca = ca.display().to_string();
+    let site = Site::new("v6");
+    let greeter = Site::new("v6-greeter");
+    let l = lab.inside("host", || std::net::TcpListener::bind("[fd00:33::10]:443"));
+    site.serve_http(l, Some(acceptor));
+    let l = lab.inside("host", || std::net::TcpListener::bind("[fd00:33::10]:7000"));
+    greeter.serve_greeting(l);
+    let policy = r#"version: 1
+rules:
+  - name: v6
+    action: allow
+    from:
+      - cidr: "::/0"
+    to:
+      - host: secure.example.test
+        ports: [443]
+        allowPrivateAddresses: true
+      - cidr: "fd00:33::10/128"
+        ports: [7000]
+"#;
+    let gw = Gateway::start_full(
+        policy,
+        |policy| {
+            format!(
+                r#"listeners:
+  - {{name: transparent, kind: transparent, address: "[::]:15001"}}
+admin: {{address: "127.0.0.1:0"}}
+policy: {{path: {}}}
+dns: {{hosts: {{secure.example.test: ["fd00:33::10"]}}}}
+upstream: {{mark: 0x2000, connectTimeout: 2s}}
+limits: {{headerReadTimeout: 1s}}
+log: {{format: json, level: info}}
+"#,
+                policy.display()
+            )
+        },
+        Some(&lab.ns("host")),
+    )
+    .await;
+    let host = lab.ns("host");
+    let (ok, out, err) = exec(
+        &host,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            &ca,
+            "--resolve",
+            "secure.example.test:443:[fd00:33::10]",
+            "https://secure.example.test/",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("server=v6 peer=fd00:33::10"), "{out}");
+    let line = gw
+        .wait_audit("v6 tls", |a| a["host"] == "secure.example.test")
+        .await;
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["upstream"], "[fd00:33::10]:443");
+
+    let (_, out, _) = silent_client(&host, "fd00:33::10", 7000).await;
+    assert_eq!(out, "hello from v6-greeter peer=fd00:33::10\n");
+    let line = gw.wait_audit("v6 nameless", |a| a["port"] == 7000).await;
+    assert_eq!(line["host"], "[fd00:33::10]");
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(site.peers().len(), 1);
+    drop(gw);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,66 @@
+# Shell helpers shared by benches/run.sh and benches/sni.sh (sourced; needs $run and $peers).
+
+log() { echo "$(basename "$0"): $*" >&2; }
+die() { log "$*"; exit 1; }
+field() { # line n: the n-th word of a result line, or n/a
+  local v; v=$(awk -v n="$2" '{print $n}' <<<"$1"); echo "${v:-n/a}"
+}
+envoy_bin() { echo "${ENVOY:-$(ls "$run"/envoy-venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -1)}"; }
+alive() { # pid: running and not a zombie
+  local s; s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  case $s in Z*) return 1 ;; *) return 0 ;; esac
+}
+wait_gone() { # pid seconds
+  local i; for ((i = 0; i < $2 * 10; i++)); do alive "$1" || return 0; sleep 0.1; done; return 1
+}
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # port seconds
+  local i; for ((i = 0; i < $2 * 10; i++)); do listening "$1" && return 0; sleep 0.1; done; return 1
+}
+cpu_ticks() { # pid...: utime+stime summed over the processes, in clock ticks
+  local p sum=0 t
+  for p in "$@"; do
+    # Fields after the ')' that closes comm: state is field 3, so utime (14) is $12, stime (15) $13.
+    t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || return 1
+    [ -n "$t" ] || return 1
+    sum=$((sum + t))
+  done
+  echo "$sum"
+}
+
+# Peers started by name (peers.sh), the gateway, and background helpers, for sni.sh.
+started_peers=() gw_pid="" bg_pids=()
+peer_pids() { # name: the peer's processes (nginx: master and workers)
+  local master; master=$(cat "$run/$1.pid")
+  echo "$master"; pgrep -P "$master" || true
+}
+start_peer() { # name port
+  listening "$2" && die "127.0.0.1:$2 is already in use (a previous run?)"
+  "$peers" start "$1" >/dev/null || die "$1 did not start"
+  started_peers+=("$1")
+  wait_port "$2" 20 || die "$1 does not listen on $2"
+}
+stop_peer() { # name
+  local pid=""; [ -f "$run/$1.pid" ] && pid=$(cat "$run/$1.pid")
+  "$peers" stop "$1" >/dev/null 2>&1 || true
+  [ -z "$pid" ] || wait_gone "$pid" 15 || kill -KILL "$pid" 2>/dev/null || true
+}
+start_gateway() { # config port
+  listening "$2" && die "127.0.0.1:$2 is already in use (a previous run?)"
+  taskset -c 0 "$bin/egress-gateway" run --config "$1" >/dev/null 2>"$run/egress-gateway.log" &
+  gw_pid=$!
+  wait_port "$2" 20 || { cat "$run/egress-gateway.log" >&2; die "egress-gateway does not listen on $2"; }
+}
+stop_gateway() {
+  [ -n "$gw_pid" ] || return 0
+  kill -TERM "$gw_pid" 2>/dev/null || true
+  wait_gone "$gw_pid" 30 || kill -KILL "$gw_pid" 2>/dev/null || true
+  wait "$gw_pid" 2>/dev/null || true
+  gw_pid=""
+}
+stop_all() {
+  local p
+  for p in "${started_peers[@]}"; do stop_peer "$p"; done
+  stop_gateway
+  for p in "${bg_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+}

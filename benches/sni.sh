@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# New TLS connections through SNI routers and the gateway's sni and transparent listeners, and
+# single-stream throughput through the transparent path: the figures of docs/benchmarks.md's
+# "SNI and transparent listeners" section, every path measured by the same client in one run.
+#
+#   benches/sni.sh [SECONDS]     SECONDS per figure (default 10). Root: it adds (and removes) two
+#                                iptables nat OUTPUT rules, limited to traffic it makes, for the
+#                                transparent path.
+#
+# Paths, all to nginx-upstream's TLS 1.3 server on 127.0.0.1:9443 (peers.sh certs, name
+# upstream.test): direct; haproxy-sni 9104 (req_ssl_sni); nginx-sni 9105 (ssl_preread);
+# egress-gateway sni listener 9202 (upstreamPort 9443); egress-gateway transparent listener 9203,
+# reached by connecting to 127.0.0.1:9443 itself while a REDIRECT rule sends the client's
+# unmarked connections there (the gateway's own dials carry upstream.mark and are exempt).
+# Each cycle: TCP connect, full TLS 1.3 handshake (no resumption) with an X25519MLKEM768-sized key
+# share plus X25519 (a ~1.7 KB ClientHello; see benches/src/pq.rs), GET /, 200, close.
+# Figures per path: connections/s at CONCURRENCY (default 50) and sequentially (1 worker), p50 of
+# the sequential cycles (added latency = path p50 - direct p50), and the proxy's CPU time per
+# connection (utime+stime of its processes over the sequential run; the direct row shows the
+# upstream's own). Throughput: egress-bench throughput to the discard upstream 127.0.0.1:9001,
+# direct, through envoy-tcp (9113) and through the transparent listener (REDIRECT as above).
+# Pinning: proxies on CPU 0, client and upstreams on CPU 1, as in run.sh.
+set -euo pipefail
+
+secs=${1:-10}
+case $secs in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
+repo=$(cd "$(dirname "$0")/.." && pwd)
+peers=${PEERS:-$repo/../shared/bench/peers.sh}
+[ -f "$peers" ] || { echo "$0: no peers.sh at $peers (set PEERS)" >&2; exit 2; }
+export BENCH_RUN_DIR=${BENCH_RUN_DIR:-/tmp/egress-bench-peers}
+run=$BENCH_RUN_DIR
+certs=${BENCH_CERTS:-$run/certs}
+concurrency=${CONCURRENCY:-50}
+sources=${SOURCES:-16}
+mark=0x2000
+mkdir -p "$run"
+clientlog=$run/sni-client.log
+: >"$clientlog"
+ulimit -n 65536 2>/dev/null || true
+# shellcheck source=benches/lib.sh
+. "$repo/benches/lib.sh"
+
+[ "$(id -u)" = 0 ] || die "needs root for the transparent path's iptables rules"
+command -v iptables >/dev/null || die "needs iptables (apt-get install iptables)"
+command -v haproxy >/dev/null && command -v nginx >/dev/null || "$peers" install
+
+cd "$repo"
+cargo build --release -q -p egress-gateway -p egress-bench
+bin=$repo/target/release
+client() { taskset -c 1 "$bin/egress-bench" "$@" 2>>"$clientlog"; }
+[ -f "$certs/ca.crt" ] && openssl x509 -checkend 3600 -noout -in "$certs/server.crt" >/dev/null 2>&1 \
+  || "$peers" certs "$certs" >/dev/null
+
+rules=()
+cleanup() {
+  local r
+  for r in "${rules[@]}"; do eval "iptables -t nat -D OUTPUT $r" 2>/dev/null || true; done
+  stop_all
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+redirect() { # port-from port-to: client connections to 127.0.0.1:from go to the gateway's port-to
+  local r="-p tcp -d 127.0.0.1 --dport $1 -m mark ! --mark $mark -j REDIRECT --to-ports $2"
+  eval "iptables -t nat -I OUTPUT $r"; rules+=("$r")
+}
+unredirect() { local r; for r in "${rules[@]}"; do eval "iptables -t nat -D OUTPUT $r" || true; done; rules=(); }
+
+declare -A RATE SEQ P50 CPU THR
+order=()
+tls() { # name target-port pid...: the connection-rate figures of one path
+  local name=$1 port=$2 out c0 c1
+  shift 2
+  order+=("$name")
+  echo "== $name" >>"$clientlog"
+  local args=(--mode http --ca "$certs/ca.crt" --server-name upstream.test --pq-share
+    --target "127.0.0.1:$port" --sources "$sources" --seconds "$secs" --label "$name")
+  out=$(client tls-rate "${args[@]}" --concurrency "$concurrency") && RATE[$name]=$(field "$out" 3) || RATE[$name]=n/a
+  c0=$(cpu_ticks "$@")
+  out=$(client tls-rate "${args[@]}" --concurrency 1) || out=""
+  c1=$(cpu_ticks "$@")
+  SEQ[$name]=$(field "$out" 3); P50[$name]=$(field "$out" 8)
+  CPU[$name]=$(awk -v d=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v r="${SEQ[$name]}" -v s="$secs" \
+    'BEGIN { if (r + 0 > 0) printf "%.0f", d * 1e6 / hz / (r * s); else print "n/a" }')
+  log "$name: ${RATE[$name]} conn/s at c=$concurrency; sequential ${SEQ[$name]} conn/s, p50 ${P50[$name]} us, CPU ${CPU[$name]} us/conn"
+}
+
+# The TLS upstream (nginx-upstream: 9443, one worker) stays up for every path.
+start_peer nginx-upstream 9443
+upstream_pids=$(peer_pids nginx-upstream)
+# shellcheck disable=SC2086
+tls direct 9443 $upstream_pids
+for p in haproxy-sni:9104 nginx-sni:9105; do
+  start_peer "${p%%:*}" "${p#*:}"
+  # shellcheck disable=SC2046
+  tls "${p%%:*}" "${p#*:}" $(peer_pids "${p%%:*}")
+  stop_peer "${p%%:*}"
+done
+
+cat >"$run/sni-policy.yaml" <<'EOF'
+version: 1
+rules:
+  - name: bench
+    action: allow
+    from:
+      - cidr: 127.0.0.0/8
+    to:
+      - host: upstream.test
+        ports: [9443]
+        allowPrivateAddresses: true
+      - cidr: 127.0.0.1/32
+        ports: [9001]
+EOF
+cat >"$run/sni-gateway.yaml" <<EOF
+listeners:
+  - {name: sni, kind: sni, address: "127.0.0.1:9202", upstreamPort: 9443}
+  - {name: transparent, kind: transparent, address: "127.0.0.1:9203"}
+policy: {path: $run/sni-policy.yaml}
+dns: {hosts: {upstream.test: [127.0.0.1]}}
+upstream: {mark: $mark}
+limits: {maxConnections: 1000000}
+admin: {address: "127.0.0.1:9902"}
+log: {format: text, level: warn}
+EOF
+start_gateway "$run/sni-gateway.yaml" 9202
+tls egress-gateway-sni 9202 "$gw_pid"
+redirect 9443 9203
+tls egress-gateway-transparent 9443 "$gw_pid"
+unredirect
+
+# Throughput: direct, envoy-tcp, the transparent path.
+taskset -c 1 "$bin/egress-bench" upstreams --echo 127.0.0.1:9000 --discard 127.0.0.1:9001 2>"$run/upstreams.log" &
+bg_pids+=($!)
+wait_port 9001 10 || die "upstreams did not start"
+thr() { local out; out=$(client throughput --target "127.0.0.1:$2" --seconds "$secs" --label "$1") && THR[$1]=$(field "$out" 3) || THR[$1]=n/a; log "$1: ${THR[$1]} Gbit/s"; }
+thr direct 9001
+redirect 9001 9203
+thr egress-gateway-transparent 9001
+unredirect
+stop_gateway
+if [ -x "$(envoy_bin)" ]; then start_peer envoy-tcp 9113 && thr envoy-tcp 9113; stop_peer envoy-tcp; fi
+
+{
+  echo
+  echo "### SNI and transparent listeners, $(date -u +%Y-%m-%dT%H:%MZ), ${secs} s per figure, commit $(git -C "$repo" rev-parse --short HEAD)"
+  echo
+  echo "| path | conn/s (c=$concurrency) | sequential conn/s | sequential p50 (µs) | added p50 (µs) | proxy CPU (µs/conn) |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+  for n in "${order[@]}"; do
+    added=$(awk -v a="${P50[$n]}" -v d="${P50[direct]}" 'BEGIN { if (a + 0 > 0 && d + 0 > 0) printf "%+.0f", a - d; else print "n/a" }')
+    [ "$n" = direct ] && added="—"
+    echo "| $n | ${RATE[$n]} | ${SEQ[$n]} | ${P50[$n]} | $added | ${CPU[$n]}$([ "$n" = direct ] && echo ' (upstream)') |"
+  done
+  echo
+  echo "| single-stream throughput | Gbit/s |"
+  echo "| --- | ---: |"
+  for n in direct envoy-tcp egress-gateway-transparent; do echo "| $n | ${THR[$n]:-n/a} |"; done
+} | tee "$run/results-sni.md"
