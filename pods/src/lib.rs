@@ -155,6 +155,16 @@ impl PodCache {
         self.up.store(true, Ordering::Relaxed);
     }
 
+    /// The watch is healthy: the last thing it produced was not an error.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The API server answered again (a probe after a failure), though no event came yet.
+    pub fn mark_up(&self) {
+        self.up.store(true, Ordering::Relaxed);
+    }
+
     /// The watch failed; it will be retried with backoff.
     pub fn watch_failed(&self) {
         self.up.store(false, Ordering::Relaxed);

@@ -66,6 +66,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, WatchError> {
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the watch until the task is dropped. Errors (the API server away, a refused request) are
 /// logged and retried with a capped exponential backoff; the cache keeps serving what it knows.
@@ -78,10 +79,26 @@ pub async fn run(client: Client, scope: Scope, mut writer: CacheWriter) {
     if let Some(selector) = &scope.label_selector {
         config = config.labels(selector);
     }
-    let mut events = std::pin::pin!(watcher(api, config));
+    let mut events = std::pin::pin!(watcher(api.clone(), config));
     let mut delay = RETRY_MIN;
     let mut listing = false;
-    while let Some(item) = events.next().await {
+    // After a failure, a resumed watch produces nothing until a Pod changes (bookmarks stay inside
+    // the watcher), so while the watch is marked down, a cheap list of one Pod tells whether the
+    // API server answers again.
+    let mut probe = tokio::time::interval(PROBE_EVERY);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let item = tokio::select! {
+            item = events.next() => item,
+            _ = probe.tick(), if !writer.cache().is_up() => {
+                let one = kube::api::ListParams::default().limit(1);
+                if api.list_metadata(&one).await.is_ok() {
+                    writer.cache().mark_up();
+                }
+                continue;
+            }
+        };
+        let Some(item) = item else { break };
         match item {
             Ok(event) => {
                 delay = RETRY_MIN;

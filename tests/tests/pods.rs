@@ -461,3 +461,31 @@ async fn an_unreadable_kubeconfig_stops_the_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("identity.kubernetes.kubeconfig"), "{err}");
 }
+
+#[tokio::test]
+async fn the_watch_is_reported_up_again_when_the_api_server_returns_with_nothing_new() {
+    let mut api = ApiServer::start().await;
+    api.upsert(
+        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
+            .service_account("checkout")
+            .build(),
+    );
+    let gw = Gateway::start(POLICY, &config(&api, "")).await;
+    wait_ready(&gw).await;
+    assert_eq!(gw.metric("egress_pod_cache_up").await, Some(1.0));
+    api.stop();
+    assert!(
+        gw.wait_metric("egress_pod_cache_watch_errors_total", 1.0)
+            .await
+            >= Some(1.0)
+    );
+    assert_eq!(gw.metric("egress_pod_cache_up").await, Some(0.0));
+    // Back, with no change at all: the resumed watch sends no event, the probe sees the server.
+    api.restart().await;
+    assert_eq!(
+        gw.wait_metric("egress_pod_cache_up", 1.0).await,
+        Some(1.0),
+        "up again without any Pod event"
+    );
+    assert_eq!(gw.metric("egress_pod_cache_relists_total").await, Some(1.0));
+}
