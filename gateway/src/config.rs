@@ -669,6 +669,11 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
     }
     let guard = AddressGuard::new(&raw.address_guard.blocked, &raw.address_guard.allowed)
         .map_err(|e| invalid(format!("addressGuard: {e}")))?;
+    if raw.upstream.mark == Some(0) {
+        return Err(invalid(
+            "upstream.mark must be 1-4294967295 (omit it for no mark)".into(),
+        ));
+    }
     if raw.limits.max_connections == 0 {
         return Err(invalid("limits.maxConnections must be at least 1".into()));
     }
@@ -792,6 +797,7 @@ mod tests {
             "listeners:\n  - {name: c, kind: connect, address: 127.0.0.1:1, tproxy: true}\n",
             "listeners:\n  - {name: s, kind: sni, address: 127.0.0.1:1, tproxy: true}\n",
             "listeners:\n  - {name: s, kind: sni, address: 127.0.0.1:1, upstreamPort: 0}\n",
+            "upstream:\n  mark: 0\n",
             "listeners:\n  - {name: s, kind: sni, address: 127.0.0.1:1, tls: {cert: a, key: b, clientCa: c}}\n",
         ] {
             assert!(parse(bad, &[]).is_err(), "{bad}");

@@ -41,12 +41,12 @@ use crate::relay::{Caller, Close, Meters};
 /// 16 KiB record.
 const MIN_PEEK: usize = 16 * 1024 + 5;
 
-/// A TLS alert record: fatal `access_denied` (RFC 8446 §6.2), in a TLS 1.2 record header as
-/// every TLS version accepts.
 /// The most reads a peek may take. Real clients need one to three; a client that dribbles its
 /// hello a byte at a time would otherwise make every read re-parse a growing buffer.
 const MAX_PEEK_READS: usize = 64;
 
+/// A TLS alert record: fatal `access_denied` (RFC 8446 §6.2), in a TLS 1.2 record header as
+/// every TLS version accepts.
 const ACCESS_DENIED_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
 
 /// How a listener learns where a connection was going.
@@ -286,11 +286,14 @@ async fn proxy(
     let deadline = Instant::now() + limits.header_read_timeout;
 
     // Where the connection was going, before anything is read.
-    let local = client
-        .local_addr()
-        .map_err(|e| Reject::new(Reason::BadRequest, format!("local address: {e}")))?;
+    let local = || {
+        client
+            .local_addr()
+            .map_err(|e| Reject::new(Reason::BadRequest, format!("local address: {e}")))
+    };
     let original = match ctx.mode {
         Mode::Redirect => {
+            let local = local()?;
             let dst =
                 crate::sys::original_dst(client.as_raw_fd(), local.is_ipv6()).map_err(|e| {
                     Reject::new(
@@ -307,7 +310,7 @@ async fn proxy(
             }
             Some(dst)
         }
-        Mode::Tproxy => Some(local),
+        Mode::Tproxy => Some(local()?),
         Mode::Sni { .. } => None,
     };
     let port = match (ctx.mode, original) {

@@ -354,10 +354,13 @@ def test_security_context(value_set: str) -> None:
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "hostPID" not in pod and "hostIPC" not in pod
-    if any(listener.get("tproxy") for listener in rendered.gateway_yaml["listeners"]):
+    tproxy = any(listener.get("tproxy") for listener in rendered.gateway_yaml["listeners"])
+    mark = (rendered.gateway_yaml.get("upstream") or {}).get("mark") is not None
+    if tproxy or mark:
         # NET_ADMIN works only for UID 0 in Kubernetes (no ambient capabilities): the one exception.
         assert sc["capabilities"]["add"] == ["NET_ADMIN"]
         assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False
+        assert pod["securityContext"]["runAsUser"] == 0 and pod["securityContext"]["runAsNonRoot"] is False
     else:
         assert "add" not in sc["capabilities"]
         assert sc["runAsNonRoot"] is True and pod["securityContext"]["runAsNonRoot"] is True
@@ -376,6 +379,56 @@ def test_net_admin_is_added_only_for_tproxy() -> None:
     # tproxy on a disabled listener adds nothing.
     off = {"listeners": {"transparent": {"enabled": False, "tproxy": True}}}
     assert "add" not in render(off).container["securityContext"]["capabilities"]
+
+
+# How the transparent listener is set up, and whether it needs NET_ADMIN (IP_TRANSPARENT).
+TRANSPARENT_SETUPS = {
+    "none": ({}, False),
+    "redirect": ({"transparent": {"enabled": True}}, False),
+    "tproxy": ({"transparent": {"enabled": True, "tproxy": True}}, True),
+    "tproxy-disabled": ({"transparent": {"enabled": False, "tproxy": True}}, False),
+}
+# upstream.mark as given in the values, and whether it needs NET_ADMIN (SO_MARK).
+MARKS = {"absent": (None, False), "null": ({"mark": None}, False), "0x2000": ({"mark": 0x2000}, True),
+         "max": ({"mark": 4294967295}, True)}
+
+
+@pytest.mark.parametrize("mark", MARKS)
+@pytest.mark.parametrize("setup", TRANSPARENT_SETUPS)
+def test_net_admin_is_added_exactly_for_tproxy_or_upstream_mark(setup: str, mark: str) -> None:
+    listeners, needs_tproxy = TRANSPARENT_SETUPS[setup]
+    upstream, needs_mark = MARKS[mark]
+    values: dict[str, Any] = {"listeners": copy.deepcopy(listeners)}
+    if upstream is not None:
+        values["config"] = {"upstream": upstream}
+    rendered = render(values)
+    pod_sc, sc = rendered.pod_spec["securityContext"], rendered.container["securityContext"]
+    if needs_tproxy or needs_mark:
+        assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+        # Added capabilities reach UID 0 only; everything else stays locked down.
+        for context in (pod_sc, sc):
+            assert context["runAsUser"] == 0 and context["runAsGroup"] == 0 and context["runAsNonRoot"] is False
+        assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+    else:
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        for context in (pod_sc, sc):
+            assert context["runAsUser"] == 65532 and context["runAsGroup"] == 65532
+            assert context["runAsNonRoot"] is True
+    assert pod_sc["fsGroup"] == 65532
+    # The mark reaches gateway.yaml as the same integer; unset, it is null or absent.
+    rendered_mark = rendered.gateway_yaml["upstream"].get("mark")
+    if needs_mark:
+        assert rendered_mark == upstream["mark"] and type(rendered_mark) is int
+    else:
+        assert rendered_mark is None
+
+
+def test_upstream_mark_value_set_marks_without_tproxy() -> None:
+    rendered = render_set("upstream-mark")
+    assert rendered.gateway_yaml["upstream"]["mark"] == 0x2000
+    assert not any(listener.get("tproxy") for listener in rendered.gateway_yaml["listeners"])
+    assert rendered.container["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
 
 
 def test_image_runs_as_the_charts_user() -> None:
@@ -718,6 +771,10 @@ def test_notes_tell_how_to_use_the_gateway_and_what_to_allowlist() -> None:
         ({"listeners": {"admin": {"kind": "connect", "port": 3130}}}, ["admin"]),
         ({"replicas": 3}, ["replicas"]),
         ({"config": {"upstream": {"connectTimout": "5s"}}}, ["/config/upstream", "connectTimout"]),
+        ({"config": {"upstream": {"mark": 0}}}, ["/config/upstream/mark", "minimum"]),
+        ({"config": {"upstream": {"mark": "0x2000"}}}, ["/config/upstream/mark", "integer"]),
+        ({"config": {"upstream": {"mark": 4294967296}}}, ["/config/upstream/mark", "maximum"]),
+        ({"config": {"upstream": {"mark": -1}}}, ["/config/upstream/mark"]),
         ({"config": {"shutdown": {"drainTimeout": "30"}}}, ["/config/shutdown/drainTimeout"]),
         ({"config": {"log": {"format": "xml"}}}, ["/config/log/format"]),
         ({"lockdown": {"namespaces": ["Payments"]}}, ["/lockdown/namespaces/0"]),

@@ -489,3 +489,148 @@ async fn the_watch_is_reported_up_again_when_the_api_server_returns_with_nothing
     );
     assert_eq!(gw.metric("egress_pod_cache_relists_total").await, Some(1.0));
 }
+
+/// Who the caller is, per listener: the client certificate when one is presented, else the Pod
+/// that owns the source address, else `identity.static`, else nobody; and an address two live
+/// Pods claim is nobody's, even inside a static range.
+#[tokio::test]
+async fn identity_sources_are_tried_in_order_certificate_pod_static() {
+    let pki = egress_tests::gateway::temp_dir("pki");
+    let out = std::process::Command::new(egress_tests::gateway::binary())
+        .args(["certs", "dev", "--out"])
+        .arg(&pki)
+        .args([
+            "--workload",
+            "spiffe://cluster.local/ns/billing/sa/invoicer",
+        ])
+        .output()
+        .expect("certs dev");
+    assert!(out.status.success());
+    let api = ApiServer::start().await;
+    api.upsert(
+        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
+            .service_account("checkout")
+            .build(),
+    );
+    for (ns, name) in [("a", "one"), ("b", "two")] {
+        api.upsert(PodBuilder::new(ns, name, "127.0.0.3").build());
+    }
+    let web = Upstream::start("127.0.0.1:0", Behaviour::Http).await;
+    let policy = "version: 1\nrules:\n  - name: loopback\n    action: allow\n    from:\n      - cidr: 127.0.0.0/8\n    to:\n      - host: web.test\n        ports: [\"*\"]\n        allowPrivateAddresses: true\n";
+    let kubeconfig = api.kubeconfig();
+    let gw = Gateway::start_full(
+        policy,
+        |policy| {
+            format!(
+                "listeners:\n  - {{name: plain, kind: connect, address: \"127.0.0.1:0\"}}\n  - name: mtls\n    kind: connect\n    address: \"127.0.0.1:0\"\n    tls: {{cert: {pki}/gateway.crt, key: {pki}/gateway.key, clientCa: {pki}/ca.crt, clientAuth: optional}}\nadmin: {{address: \"127.0.0.1:0\"}}\npolicy: {{path: {}}}\nidentity:\n  kubernetes: {{enabled: true, kubeconfig: {}}}\n  static:\n    - {{cidr: 127.0.0.0/8, spiffe: \"spiffe://corp.example/vm/batch\"}}\ndns: {{hosts: {{web.test: [127.0.0.1]}}}}\nlog: {{format: json, level: info}}\n",
+                policy.display(),
+                kubeconfig.display(),
+                pki = pki.display(),
+            )
+        },
+        None,
+    )
+    .await;
+    wait_ready(&gw).await;
+    let address_of = |listener: &str| -> String {
+        gw.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "listening" && v["listener"] == listener)
+            .and_then(|v| v["address"].as_str().map(str::to_owned))
+            .expect("listener address")
+    };
+    let (plain, mtls) = (address_of("plain"), address_of("mtls"));
+    let url = format!("http://web.test:{}/", web.addr.port());
+    let curl = |source: &str, args: Vec<String>| {
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "--interface",
+            source,
+        ])
+        .args(args)
+        .arg(&url);
+        cmd
+    };
+    let pki_file = |f: &str| pki.join(f).display().to_string();
+    let cases: [(&str, Vec<String>, &str, &str); 5] = [
+        // A Pod's address on the plain listener: the Pod.
+        (
+            "127.0.0.2",
+            vec!["-x".into(), format!("http://{plain}")],
+            "kubernetes",
+            "spiffe://cluster.local/ns/payments/sa/checkout",
+        ),
+        // Not a Pod: the static table.
+        (
+            "127.0.0.9",
+            vec!["-x".into(), format!("http://{plain}")],
+            "static",
+            "spiffe://corp.example/vm/batch",
+        ),
+        // Two live Pods: nobody, although the static range covers it.
+        (
+            "127.0.0.3",
+            vec!["-x".into(), format!("http://{plain}")],
+            "none",
+            "",
+        ),
+        // The Pod's address, with a client certificate: the certificate.
+        (
+            "127.0.0.2",
+            vec![
+                "--proxy".into(),
+                format!("https://{mtls}"),
+                "--proxy-cacert".into(),
+                pki_file("ca.crt"),
+                "--proxy-cert".into(),
+                pki_file("invoicer.crt"),
+                "--proxy-key".into(),
+                pki_file("invoicer.key"),
+            ],
+            "mtls",
+            "spiffe://cluster.local/ns/billing/sa/invoicer",
+        ),
+        // The TLS listener without a certificate: the Pod again.
+        (
+            "127.0.0.2",
+            vec![
+                "--proxy".into(),
+                format!("https://{mtls}"),
+                "--proxy-cacert".into(),
+                pki_file("ca.crt"),
+            ],
+            "kubernetes",
+            "spiffe://cluster.local/ns/payments/sa/checkout",
+        ),
+    ];
+    for (i, (source, args, want_source, want_id)) in cases.into_iter().enumerate() {
+        let out = curl(source, args).output().await.expect("curl");
+        let seen = gw.audit().len();
+        let line = gw
+            .wait_audit("audit line of the case", |a| {
+                a["source"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(&format!("{source}:")))
+                    && a["identity_source"] == want_source
+            })
+            .await;
+        assert_eq!(
+            line["identity"].as_str().unwrap_or_default(),
+            want_id,
+            "case {i}: {line}"
+        );
+        if want_source == "none" {
+            assert!(
+                !out.status.success() || line["decision"] == "allow",
+                "case {i}"
+            );
+        }
+        let _ = seen;
+    }
+}

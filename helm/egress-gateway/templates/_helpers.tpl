@@ -109,12 +109,17 @@ policy.yaml
 {{- end -}}
 {{- end -}}
 
-{{/* NET_ADMIN is needed only by a transparent listener with tproxy: true. */}}
-{{- define "egress-gateway.needsTproxy" -}}
+{{/* NET_ADMIN is needed only by an enabled transparent listener with tproxy: true (the gateway
+     sets IP_TRANSPARENT) and by config.upstream.mark (the gateway sets SO_MARK on its upstream
+     sockets). Non-empty ("true") when one of them is set. */}}
+{{- define "egress-gateway.needsNetAdmin" -}}
+{{- $need := false -}}
 {{- range $name := include "egress-gateway.enabledListeners" . | fromJsonArray -}}
 {{- $l := get $.Values.listeners $name -}}
-{{- if and (eq $l.kind "transparent") (get $l "tproxy") -}}true{{- end -}}
+{{- if and (eq $l.kind "transparent") (get $l "tproxy") -}}{{- $need = true -}}{{- end -}}
 {{- end -}}
+{{- if not (kindIs "invalid" (dig "upstream" "mark" nil .Values.config)) -}}{{- $need = true -}}{{- end -}}
+{{- if $need -}}true{{- end -}}
 {{- end -}}
 
 {{/* Durations ----------------------------------------------------------------------------- */}}

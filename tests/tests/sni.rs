@@ -1,0 +1,141 @@
+//! The `sni` listener on loopback, with real ClientHellos captured from real clients
+//! (`sniff/tests/fixtures`): the peeked bytes reach the upstream unchanged, and every way a peek
+//! can fail ends in a refusal with its reason: a silent client, a client that dribbles its
+//! hello, a hello without a usable name, plain HTTP, garbage. The transparent listener's path
+//! through iptables is in `netns.rs`.
+
+use std::time::Duration;
+
+use egress_tests::gateway::Gateway;
+use egress_tests::upstream::{Behaviour, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const POLICY: &str = r#"version: 1
+rules:
+  - name: example
+    action: allow
+    from:
+      - cidr: 127.0.0.0/8
+    to:
+      - host: example.com
+        ports: ["*"]
+        allowPrivateAddresses: true
+"#;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../sniff/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The gateway with one `sni` listener whose upstream port is the echo server's.
+async fn start(echo_port: u16) -> Gateway {
+    Gateway::start_full(
+        POLICY,
+        |policy| {
+            format!(
+                "listeners:\n  - {{name: sni, kind: sni, address: \"127.0.0.1:0\", upstreamPort: {echo_port}}}\nadmin: {{address: \"127.0.0.1:0\"}}\npolicy: {{path: {}}}\ndns: {{hosts: {{example.com: [127.0.0.1]}}}}\nlimits: {{headerReadTimeout: 1s}}\nlog: {{format: json, level: info}}\n",
+                policy.display()
+            )
+        },
+        None,
+    )
+    .await
+}
+
+/// Everything the gateway sends back until it closes (bounded in time).
+async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    out
+}
+
+const ACCESS_DENIED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
+
+#[tokio::test]
+async fn a_real_client_hello_is_replayed_upstream_byte_for_byte() {
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let gw = start(echo.addr.port()).await;
+    for capture in ["openssl_s_client_example_com.bin", "curl_example_com.bin"] {
+        let hello = fixture(capture);
+        let mut s = TcpStream::connect(gw.proxy).await.expect("connect");
+        // In two TCP writes, the second after a pause: the peek must wait for the rest.
+        let (a, b) = hello.split_at(hello.len() / 2);
+        s.write_all(a).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b).await.expect("write");
+        let mut back = vec![0u8; hello.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(back, hello, "{capture}: the upstream got other bytes");
+    }
+    let line = gw
+        .wait_audit("allow", |a| {
+            a["decision"] == "allow" && a["host"] == "example.com"
+        })
+        .await;
+    assert_eq!(line["port"], echo.addr.port());
+    assert_eq!(line["rule"], "example");
+}
+
+#[tokio::test]
+async fn peeks_that_fail_are_refused_with_their_reason() {
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let gw = start(echo.addr.port()).await;
+
+    // Silent until headerReadTimeout.
+    let mut s = TcpStream::connect(gw.proxy).await.expect("connect");
+    assert!(read_all(&mut s).await.is_empty());
+    gw.wait_audit("silent", |a| a["reason"] == "header_timeout")
+        .await;
+
+    // A hello without a usable server name gets the TLS alert.
+    for (capture, why) in [
+        ("openssl_s_client_no_sni.bin", "without a server name"),
+        ("openssl_s_client_ip_sni.bin", "IP literal"),
+    ] {
+        let mut s = TcpStream::connect(gw.proxy).await.expect("connect");
+        s.write_all(&fixture(capture)).await.expect("write");
+        assert_eq!(read_all(&mut s).await, ACCESS_DENIED, "{capture}");
+        gw.wait_audit(capture, |a| {
+            a["reason"] == "bad_request" && a["details"].as_str().is_some_and(|d| d.contains(why))
+        })
+        .await;
+    }
+
+    // Plain HTTP is not for an sni listener; garbage is neither TLS nor HTTP. No alert for them.
+    for (opening, why) in [
+        (fixture("curl_http_get.bin"), "TLS only"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(), "neither TLS nor HTTP"),
+    ] {
+        let mut s = TcpStream::connect(gw.proxy).await.expect("connect");
+        s.write_all(&opening).await.expect("write");
+        assert!(read_all(&mut s).await.is_empty());
+        gw.wait_audit(why, |a| {
+            a["reason"] == "bad_request" && a["details"].as_str().is_some_and(|d| d.contains(why))
+        })
+        .await;
+    }
+
+    // A client that dribbles its hello a few bytes at a time runs out of reads.
+    let hello = fixture("openssl_s_client_example_com.bin");
+    let mut s = TcpStream::connect(gw.proxy).await.expect("connect");
+    for piece in hello.chunks(3).take(80) {
+        if s.write_all(piece).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = read_all(&mut s).await;
+    gw.wait_audit("dribble", |a| {
+        a["reason"] == "header_too_large"
+            && a["details"].as_str().is_some_and(|d| d.contains("reads"))
+    })
+    .await;
+    assert_eq!(echo.accepted(), 0, "nothing refused may reach the upstream");
+}
