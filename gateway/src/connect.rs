@@ -113,27 +113,36 @@ pub struct ConnectListener {
 }
 
 /// Accepts until `stop` turns true.
-pub async fn serve(
+pub async fn serve(listener: TcpListener, ctx: Arc<ConnectListener>, stop: watch::Receiver<bool>) {
+    let name = ctx.name.clone();
+    accept_until_stopped(listener, &name, stop, |stream, peer| {
+        tokio::spawn(handle(Arc::clone(&ctx), stream, peer));
+    })
+    .await;
+}
+
+/// The accept loop of every listener: hands each connection to `accepted` until `stop` turns
+/// true.
+pub(crate) async fn accept_until_stopped(
     listener: TcpListener,
-    ctx: Arc<ConnectListener>,
+    name: &str,
     mut stop: watch::Receiver<bool>,
+    mut accepted: impl FnMut(TcpStream, SocketAddr),
 ) {
     loop {
         tokio::select! {
             _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(handle(Arc::clone(&ctx), stream, peer));
-                }
+            result = listener.accept() => match result {
+                Ok((stream, peer)) => accepted(stream, peer),
                 Err(e) => {
                     // Out of file descriptors, usually: back off instead of spinning.
-                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
         }
     }
-    tracing::info!(listener = %ctx.name, "stopped accepting");
+    tracing::info!(listener = %name, "stopped accepting");
 }
 
 async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) {
@@ -247,6 +256,12 @@ async fn serve_caller<S: Caller>(
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S, reject: &Reject) {
     let response = reject.http_response();
     let _ = tokio::time::timeout(http::LINGER, client.write_all(&response)).await;
+    close_discarding(client).await;
+}
+
+/// Shuts our side down, then reads and drops what the client still sends for a short while (so
+/// an answer already written is not lost to a reset), never parsing it.
+pub(crate) async fn close_discarding<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) {
     let _ = client.shutdown().await;
     let deadline = Instant::now() + http::LINGER;
     let mut sink = [0u8; 4096];

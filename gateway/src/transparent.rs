@@ -20,7 +20,6 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
 
 use egress_policy::{Destination, Host, Verdict};
 use egress_sniff::{sniff, HostHeader, SniName, Sniff};
@@ -102,22 +101,12 @@ pub fn bind(cfg: &ListenerConfig) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts until `stop` turns true.
-pub async fn serve(listener: TcpListener, ctx: Arc<PeekListener>, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(handle(Arc::clone(&ctx), stream, peer));
-                }
-                Err(e) => {
-                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    tracing::info!(listener = %ctx.name, "stopped accepting");
+pub async fn serve(listener: TcpListener, ctx: Arc<PeekListener>, stop: watch::Receiver<bool>) {
+    let name = ctx.name.clone();
+    crate::connect::accept_until_stopped(listener, &name, stop, |stream, peer| {
+        tokio::spawn(handle(Arc::clone(&ctx), stream, peer));
+    })
+    .await;
 }
 
 async fn handle(ctx: Arc<PeekListener>, mut client: TcpStream, peer: SocketAddr) {
@@ -153,16 +142,7 @@ async fn refuse(client: &mut TcpStream, tls: bool) {
         let _ =
             tokio::time::timeout(crate::http::LINGER, client.write_all(&ACCESS_DENIED_ALERT)).await;
     }
-    let _ = client.shutdown().await;
-    let deadline = Instant::now() + crate::http::LINGER;
-    let mut sink = [0u8; 4096];
-    let mut discarded = 0usize;
-    while discarded < 256 * 1024 {
-        match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => discarded += n,
-            _ => break,
-        }
-    }
+    crate::connect::close_discarding(client).await;
 }
 
 /// What the peek found.
