@@ -53,6 +53,31 @@ async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
     out
 }
 
+/// A real ClientHello with one more extension, `encrypted_client_hello` (0xfe0d) with `body`, at
+/// the end of its extension block; every enclosing length is fixed up.
+fn with_ech(hello: &[u8], body: &[u8]) -> Vec<u8> {
+    let ext_len = 4 + body.len();
+    let mut out = hello.to_vec();
+    out.extend_from_slice(&[0xfe, 0x0d]);
+    out.extend_from_slice(&u16::try_from(body.len()).expect("small").to_be_bytes());
+    out.extend_from_slice(body);
+    let bump16 = |buf: &mut Vec<u8>, at: usize| {
+        let v = u16::from_be_bytes([buf[at], buf[at + 1]]) as usize + ext_len;
+        buf[at..at + 2].copy_from_slice(&u16::try_from(v).expect("fits").to_be_bytes());
+    };
+    // Record length (bytes 3-4), handshake length (24 bits at 6-8).
+    bump16(&mut out, 3);
+    let hs = u32::from_be_bytes([0, out[6], out[7], out[8]]) as usize + ext_len;
+    out[6..9].copy_from_slice(&u32::try_from(hs).expect("fits").to_be_bytes()[1..]);
+    // The extensions length: after version (2), random (32), session id, suites, compression.
+    let mut at = 9 + 2 + 32;
+    at += 1 + out[at] as usize;
+    at += 2 + u16::from_be_bytes([out[at], out[at + 1]]) as usize;
+    at += 1 + out[at] as usize;
+    bump16(&mut out, at);
+    out
+}
+
 const ACCESS_DENIED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
 
 #[tokio::test]
@@ -81,6 +106,25 @@ async fn a_real_client_hello_is_replayed_upstream_byte_for_byte() {
         .await;
     assert_eq!(line["port"], echo.addr.port());
     assert_eq!(line["rule"], "example");
+
+    // With an encrypted_client_hello extension: decided on the outer name, and said so.
+    let hello = with_ech(&fixture("openssl_s_client_example_com.bin"), &[0u8; 32]);
+    let mut s = TcpStream::connect(gw.proxy).await.expect("connect");
+    s.write_all(&hello).await.expect("write");
+    let mut back = vec![0u8; hello.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(back, hello);
+    drop(s);
+    gw.wait_audit("ech", |a| {
+        a["decision"] == "allow"
+            && a["details"]
+                .as_str()
+                .is_some_and(|d| d.contains("encrypted_client_hello"))
+    })
+    .await;
 }
 
 #[tokio::test]
