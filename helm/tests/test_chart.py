@@ -727,9 +727,19 @@ def test_host_network_env_indexes_follow_the_listener_order() -> None:
     }
     rendered = render(values)
     env = container_env_overrides(rendered, "10.0.0.9")
+    kinds = set()
     for i, listener in enumerate(rendered.gateway_yaml["listeners"]):
+        kinds.add(listener["kind"])
         port = listener["address"].rsplit(":", 1)[1]
-        assert yaml.safe_load(env[f"EGRESS_GATEWAY__LISTENERS__{i}__ADDRESS"]) == f"10.0.0.9:{port}"
+        key = f"EGRESS_GATEWAY__LISTENERS__{i}__ADDRESS"
+        if listener["kind"] == "transparent":
+            # Redirected connections arrive on the incoming interface's address (or 127.0.0.1),
+            # never necessarily the node's InternalIP: the listener keeps the wildcard address.
+            assert key not in env
+            assert listener["address"].startswith("0.0.0.0:")
+        else:
+            assert yaml.safe_load(env[key]) == f"10.0.0.9:{port}"
+    assert kinds == {"connect", "transparent", "sni"}
 
 
 def test_host_network_lockdown_needs_the_node_addresses() -> None:
