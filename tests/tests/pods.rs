@@ -46,6 +46,13 @@ fn config(api: &ApiServer, extra: &str) -> String {
     )
 }
 
+/// A running Pod of the payments namespace with the `checkout` service account.
+fn checkout(name: &str, ip: &str) -> serde_json::Value {
+    PodBuilder::new("payments", name, ip)
+        .service_account("checkout")
+        .build()
+}
+
 async fn status(gw: &Gateway, source: &str, target: &str) -> (u16, Option<String>) {
     let (_, r) = connect(source, gw.proxy, target).await;
     (r.status, r.proxy_status_error())
@@ -86,11 +93,7 @@ async fn until_status(gw: &Gateway, source: &str, target: &str, want: u16) {
 #[tokio::test]
 async fn pods_are_allowed_or_denied_by_namespace_service_account_and_labels() {
     let api = ApiServer::start().await;
-    api.upsert(
-        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
-            .service_account("checkout")
-            .build(),
-    );
+    api.upsert(checkout("checkout-1", "127.0.0.2"));
     api.upsert(
         PodBuilder::new("payments", "batch-1", "127.0.0.3")
             .service_account("batch")
@@ -171,11 +174,7 @@ async fn pods_are_allowed_or_denied_by_namespace_service_account_and_labels() {
 #[tokio::test]
 async fn a_reused_address_is_nobodys_until_the_old_pod_is_gone() {
     let api = ApiServer::start().await;
-    api.upsert(
-        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
-            .service_account("checkout")
-            .build(),
-    );
+    api.upsert(checkout("checkout-1", "127.0.0.2"));
     let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
     let target = format!("api.example.com:{}", echo.addr.port());
     let gw = Gateway::start(POLICY, &config(&api, "")).await;
@@ -287,16 +286,8 @@ async fn host_network_completed_and_addressless_pods_own_nothing() {
 #[tokio::test]
 async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_after() {
     let mut api = ApiServer::start().await;
-    api.upsert(
-        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
-            .service_account("checkout")
-            .build(),
-    );
-    api.upsert(
-        PodBuilder::new("payments", "checkout-2", "127.0.0.3")
-            .service_account("checkout")
-            .build(),
-    );
+    api.upsert(checkout("checkout-1", "127.0.0.2"));
+    api.upsert(checkout("checkout-2", "127.0.0.3"));
     let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
     let target = format!("api.example.com:{}", echo.addr.port());
     let gw = Gateway::start(POLICY, &config(&api, "")).await;
@@ -329,11 +320,7 @@ async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_a
             .service_account("frontend")
             .build(),
     );
-    api.upsert(
-        PodBuilder::new("payments", "checkout-3", "127.0.0.4")
-            .service_account("checkout")
-            .build(),
-    );
+    api.upsert(checkout("checkout-3", "127.0.0.4"));
     api.compact();
     let lists_before = api.requests("list");
     api.restart().await;
@@ -353,11 +340,7 @@ async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_a
 #[tokio::test]
 async fn not_ready_before_the_first_full_list() {
     let mut api = ApiServer::start().await;
-    api.upsert(
-        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
-            .service_account("checkout")
-            .build(),
-    );
+    api.upsert(checkout("checkout-1", "127.0.0.2"));
     let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
     let target = format!("api.example.com:{}", echo.addr.port());
     let kubeconfig = api.kubeconfig();
@@ -391,11 +374,7 @@ async fn a_scoped_watch_sees_only_its_namespace_and_labels() {
             .label("egress", "yes")
             .build(),
     );
-    api.upsert(
-        PodBuilder::new("payments", "checkout-2", "127.0.0.3")
-            .service_account("checkout")
-            .build(),
-    );
+    api.upsert(checkout("checkout-2", "127.0.0.3"));
     api.upsert(
         PodBuilder::new("other", "checkout-3", "127.0.0.4")
             .service_account("checkout")
@@ -465,11 +444,7 @@ async fn an_unreadable_kubeconfig_stops_the_start() {
 #[tokio::test]
 async fn the_watch_is_reported_up_again_when_the_api_server_returns_with_nothing_new() {
     let mut api = ApiServer::start().await;
-    api.upsert(
-        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
-            .service_account("checkout")
-            .build(),
-    );
+    api.upsert(checkout("checkout-1", "127.0.0.2"));
     let gw = Gateway::start(POLICY, &config(&api, "")).await;
     wait_ready(&gw).await;
     assert_eq!(gw.metric("egress_pod_cache_up").await, Some(1.0));
@@ -507,11 +482,7 @@ async fn identity_sources_are_tried_in_order_certificate_pod_static() {
         .expect("certs dev");
     assert!(out.status.success());
     let api = ApiServer::start().await;
-    api.upsert(
-        PodBuilder::new("payments", "checkout-1", "127.0.0.2")
-            .service_account("checkout")
-            .build(),
-    );
+    api.upsert(checkout("checkout-1", "127.0.0.2"));
     for (ns, name) in [("a", "one"), ("b", "two")] {
         api.upsert(PodBuilder::new(ns, name, "127.0.0.3").build());
     }
