@@ -336,20 +336,7 @@ async fn proxy<S: Caller>(
         return Err(Reject::new(decision.reason.into(), details));
     }
 
-    let candidates = crate::upstream::resolve(&gw.dns, &dest, &gw.metrics).await?;
-    let addrs = crate::upstream::select_addresses(
-        &gw.own_sockets,
-        &gw.config.guard,
-        policy,
-        &identity,
-        &decision,
-        &dest,
-        candidates,
-    )?;
-    drop(loaded);
-    let (mut upstream, dialed) =
-        crate::upstream::dial(&gw.config.upstream, &addrs, dest.port, &gw.metrics).await?;
-    audit.upstream = Some(dialed.to_string());
+    let mut upstream = dial_allowed(gw, loaded, &identity, &decision, &dest, audit).await?;
 
     let allowed = (decision.verdict, Reason::from(decision.reason));
     let mut force_close = gw.force_close.clone();
@@ -419,6 +406,34 @@ async fn proxy<S: Caller>(
         }
     }
     Ok(allowed)
+}
+
+/// After an allow: resolves the destination, keeps the addresses the guard and the policy let
+/// through, and dials them in turn; the dialed address goes into the audit line. The policy is
+/// released before the dial.
+pub(crate) async fn dial_allowed(
+    gw: &Gateway,
+    loaded: Arc<crate::policy_store::LoadedPolicy>,
+    identity: &Identity,
+    decision: &egress_policy::Decision,
+    dest: &egress_policy::Destination,
+    audit: &mut AuditRecord,
+) -> Result<TcpStream, Reject> {
+    let candidates = crate::upstream::resolve(&gw.dns, dest, &gw.metrics).await?;
+    let addrs = crate::upstream::select_addresses(
+        &gw.own_sockets,
+        &gw.config.guard,
+        &loaded.policy,
+        identity,
+        decision,
+        dest,
+        candidates,
+    )?;
+    drop(loaded);
+    let (upstream, dialed) =
+        crate::upstream::dial(&gw.config.upstream, &addrs, dest.port, &gw.metrics).await?;
+    audit.upstream = Some(dialed.to_string());
+    Ok(upstream)
 }
 
 /// Puts the decision into the audit line and counts the rule hits.

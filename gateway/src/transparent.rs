@@ -373,20 +373,8 @@ async fn proxy(
         ));
     }
 
-    let candidates = crate::upstream::resolve(&gw.dns, &dest, &gw.metrics).await?;
-    let addrs = crate::upstream::select_addresses(
-        &gw.own_sockets,
-        &gw.config.guard,
-        policy,
-        &identity,
-        &decision,
-        &dest,
-        candidates,
-    )?;
-    drop(loaded);
-    let (mut upstream, dialed) =
-        crate::upstream::dial(&gw.config.upstream, &addrs, dest.port, &gw.metrics).await?;
-    audit.upstream = Some(dialed.to_string());
+    let mut upstream =
+        crate::connect::dial_allowed(gw, loaded, &identity, &decision, &dest, audit).await?;
     let allowed = (decision.verdict, Reason::from(decision.reason));
 
     // The peeked bytes go upstream unchanged, then the relay takes over.
