@@ -162,11 +162,29 @@ impl ApiServer {
     }
 
     pub fn kubeconfig_with_token(&self, token: &str) -> PathBuf {
-        let path = self.dir.join(format!("kubeconfig-{}", token.len()));
+        self.write_kubeconfig(token, &self.dir.join("ca.crt"))
+    }
+
+    /// A kubeconfig that trusts another CA than the one that signed this server's certificate.
+    pub fn kubeconfig_with_other_ca(&self) -> PathBuf {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let other = params.self_signed(&key).expect("other ca");
+        let path = self.dir.join("other-ca.crt");
+        std::fs::write(&path, other.pem()).expect("write other ca");
+        self.write_kubeconfig(TOKEN, &path)
+    }
+
+    fn write_kubeconfig(&self, token: &str, ca: &std::path::Path) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = self
+            .dir
+            .join(format!("kubeconfig-{}", N.fetch_add(1, Ordering::Relaxed)));
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{}\n    certificate-authority: {}\nusers:\n- name: egress-gateway\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: egress-gateway\ncurrent-context: test\n",
             self.addr,
-            self.dir.join("ca.crt").display()
+            ca.display()
         );
         std::fs::write(&path, text).expect("write kubeconfig");
         path

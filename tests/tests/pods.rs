@@ -420,6 +420,34 @@ async fn a_wrong_token_is_refused_and_the_gateway_never_becomes_ready() {
 }
 
 #[tokio::test]
+async fn an_api_server_certificate_from_another_ca_is_refused_and_no_token_is_sent() {
+    let api = ApiServer::start().await;
+    api.upsert(checkout("checkout-1", "127.0.0.2"));
+    let gw = Gateway::start(
+        POLICY,
+        &format!(
+            "identity:\n  kubernetes:\n    enabled: true\n    kubeconfig: {}\n",
+            api.kubeconfig_with_other_ca().display()
+        ),
+    )
+    .await;
+    assert!(
+        gw.wait_metric("egress_pod_cache_watch_errors_total", 1.0)
+            .await
+            >= Some(1.0)
+    );
+    assert_eq!(gw.admin_get("/readyz").await.0, 503);
+    // The handshake failed, so no request (and no token) ever reached the server.
+    assert_eq!(api.requests("list") + api.requests("watch"), 0);
+    assert_eq!(api.unauthorized(), 0);
+    assert!(
+        gw.logs().iter().any(|l| l.contains("pod watch failed")),
+        "{}",
+        gw.logs().join("\n")
+    );
+}
+
+#[tokio::test]
 async fn an_unreadable_kubeconfig_stops_the_start() {
     let dir = egress_tests::gateway::temp_dir("kubeconfig");
     let cfg = dir.join("gateway.yaml");
