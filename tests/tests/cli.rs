@@ -244,16 +244,18 @@ fn version_prints_the_version() {
 #[test]
 fn the_examples_in_the_readme_are_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(binary())
-        .args(["config", "validate", "examples/gateway.yaml"])
-        .current_dir(&root)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for example in ["examples/gateway.yaml", "examples/gateway-cluster.yaml"] {
+        let out = Command::new(binary())
+            .args(["config", "validate", example])
+            .current_dir(&root)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = Command::new(binary())
         .args([
             "policy",
