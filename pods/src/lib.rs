@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Pod;
-
+mod model;
 mod watch;
+
+pub use model::{Pod, PodIp, PodSpec, PodStatus};
 
 pub use watch::{check_kubeconfig, client, run, Scope, WatchError};
 

@@ -5,12 +5,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, Config};
 
-use crate::CacheWriter;
+use crate::{CacheWriter, Pod};
 
 /// Which Pods to watch.
 #[derive(Clone, Debug, Default)]
