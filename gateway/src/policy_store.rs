@@ -143,6 +143,7 @@ impl PolicyStore {
         match result {
             Ok(None) => {
                 *last_error = None;
+                self.metrics.reload("unchanged");
                 Ok(Reloaded::Unchanged)
             }
             Ok(Some(loaded)) => {

@@ -36,7 +36,10 @@ impl Trigger {
     ) -> Self {
         let (tx, events) = mpsc::channel::<()>(1);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.as_ref().map_or(true, &relevant) {
+            // Reading a file is no change to it, and the reloader's own reads would otherwise
+            // trigger it again and again.
+            let change = |e: &notify::Event| !matches!(e.kind, notify::EventKind::Access(_));
+            if res.as_ref().map_or(true, |e| change(e) && relevant(e)) {
                 // A full channel already means "check pending".
                 let _ = tx.try_send(());
             }

@@ -230,3 +230,52 @@ async fn sighup_without_a_policy_file_does_not_stop_the_gateway() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A plain policy file in a directory shared with other files (a log, say): reading the policy
+/// is not a change to it (the gateway's own reads must not set off another check), writes to the
+/// other files are not either, and an edit of the file itself is picked up.
+#[tokio::test]
+async fn a_plain_policy_file_is_checked_on_its_own_changes_only() {
+    let dir = egress_tests::gateway::temp_dir("plainpolicy");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, "version: 1\nrules: []\n").expect("write policy");
+    let path = policy.clone();
+    let gw = Gateway::start_full(
+        "version: 1\nrules: []\n",
+        move |_| {
+            format!(
+                "listeners:\n  - {{name: proxy, kind: connect, address: \"127.0.0.1:0\"}}\nadmin: {{address: \"127.0.0.1:0\"}}\npolicy: {{path: {}}}\nlog: {{format: json, level: info}}\n",
+                path.display()
+            )
+        },
+        None,
+    )
+    .await;
+    let log = dir.join("gateway.log");
+    for i in 0..20 {
+        std::fs::write(&log, format!("line {i}\n")).expect("write log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unchanged = gw
+        .metric("egress_policy_reloads_total{result=\"unchanged\"}")
+        .await
+        .unwrap_or(0.0);
+    // The periodic check runs once at start; nothing else may have set one off.
+    assert!(
+        unchanged <= 1.0,
+        "{unchanged} checks of an untouched policy"
+    );
+    std::fs::write(
+        &policy,
+        "version: 1\nrules:\n  - name: r\n    action: deny\n    from: [{cidr: 10.0.0.0/8}]\n    to: [{cidr: 10.0.0.0/8, ports: [\"*\"]}]\n",
+    )
+    .expect("edit policy");
+    assert_eq!(
+        gw.wait_metric("egress_policy_reloads_total{result=\"ok\"}", 2.0)
+            .await,
+        Some(2.0)
+    );
+    drop(gw);
+    let _ = std::fs::remove_dir_all(dir);
+}
