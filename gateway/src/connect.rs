@@ -234,17 +234,9 @@ async fn serve_caller<S: Caller>(
         Some(_) => proxy(ctx, &mut client, peer, mtls, &mut audit).await,
         None => Err(Reject::new(Reason::Overloaded, "maxConnections reached")),
     };
-    match result {
-        Ok((verdict, reason)) => gw.metrics.count_connection(&ctx.metrics, verdict, reason),
-        Err(reject) => {
-            tracing::debug!(listener = %ctx.name, source = %peer, reason = reject.reason.as_str(), details = %reject.details, "rejected");
-            audit.decision = Verdict::Deny.as_str();
-            audit.reason = reject.reason.as_str();
-            audit.details = Some(reject.details.clone());
-            gw.metrics
-                .count_connection(&ctx.metrics, Verdict::Deny, reject.reason);
-            refuse(&mut client, &reject).await;
-        }
+    record_outcome(gw, &ctx.name, &ctx.metrics, peer, &mut audit, &result);
+    if let Err(reject) = &result {
+        refuse(&mut client, reject).await;
     }
     drop(active);
     gw.audit.write(audit);
@@ -320,22 +312,7 @@ async fn proxy<S: Caller>(
     };
     audit.set_identity(&identity);
 
-    let loaded = gw.policy.load();
-    let policy = &loaded.policy;
-    let decision = policy.decide(&identity, &dest);
-    record_decision(gw, audit, &decision);
-    if decision.verdict == Verdict::Deny {
-        let details = match &decision.rule {
-            Some(rule) => format!("rule {rule}"),
-            None => format!("no rule allows this caller to reach {dest}"),
-        };
-        let details = match note {
-            Some(note) => format!("{details} ({note})"),
-            None => details,
-        };
-        return Err(Reject::new(decision.reason.into(), details));
-    }
-
+    let (loaded, decision) = decide(gw, audit, &identity, &dest, note.as_slice())?;
     let mut upstream = dial_allowed(gw, loaded, &identity, &decision, &dest, audit).await?;
 
     let allowed = (decision.verdict, Reason::from(decision.reason));
@@ -406,6 +383,60 @@ async fn proxy<S: Caller>(
         }
     }
     Ok(allowed)
+}
+
+/// Counts how a connection ended; a rejection also goes into its audit line.
+pub(crate) fn record_outcome(
+    gw: &Gateway,
+    listener: &str,
+    metrics: &ListenerMetrics,
+    peer: SocketAddr,
+    audit: &mut AuditRecord,
+    result: &Result<(Verdict, Reason), Reject>,
+) {
+    match result {
+        Ok((verdict, reason)) => gw.metrics.count_connection(metrics, *verdict, *reason),
+        Err(reject) => {
+            tracing::debug!(listener, source = %peer, reason = reject.reason.as_str(), details = %reject.details, "rejected");
+            audit.decision = Verdict::Deny.as_str();
+            audit.reason = reject.reason.as_str();
+            audit.details = Some(reject.details.clone());
+            gw.metrics
+                .count_connection(metrics, Verdict::Deny, reject.reason);
+        }
+    }
+}
+
+/// Decides one connection by the policy in force and puts the decision into the audit line. A
+/// denial becomes a rejection whose details name the rule (or that none allows the caller),
+/// followed by each of `notes` in parentheses.
+pub(crate) fn decide(
+    gw: &Gateway,
+    audit: &mut AuditRecord,
+    identity: &Identity,
+    dest: &egress_policy::Destination,
+    notes: &[&str],
+) -> Result<
+    (
+        Arc<crate::policy_store::LoadedPolicy>,
+        egress_policy::Decision,
+    ),
+    Reject,
+> {
+    let loaded = gw.policy.load();
+    let decision = loaded.policy.decide(identity, dest);
+    record_decision(gw, audit, &decision);
+    if decision.verdict == Verdict::Deny {
+        let mut details = match &decision.rule {
+            Some(rule) => format!("rule {rule}"),
+            None => format!("no rule allows this caller to reach {dest}"),
+        };
+        for note in notes {
+            details.push_str(&format!(" ({note})"));
+        }
+        return Err(Reject::new(decision.reason.into(), details));
+    }
+    Ok((loaded, decision))
 }
 
 /// After an allow: resolves the destination, keeps the addresses the guard and the policy let

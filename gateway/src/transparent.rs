@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::audit::AuditRecord;
 use crate::config::{ListenerConfig, ListenerKind};
-use crate::connect::{record_decision, Gateway};
+use crate::connect::{record_outcome, Gateway};
 use crate::metrics::ListenerMetrics;
 use crate::reason::{Reason, Reject};
 use crate::relay::{Caller, Close, Meters};
@@ -119,17 +119,9 @@ async fn handle(ctx: Arc<PeekListener>, mut client: TcpStream, peer: SocketAddr)
         Some(_) => proxy(&ctx, &mut client, peer, &mut audit, &mut hello_seen).await,
         None => Err(Reject::new(Reason::Overloaded, "maxConnections reached")),
     };
-    match result {
-        Ok((verdict, reason)) => gw.metrics.count_connection(&ctx.metrics, verdict, reason),
-        Err(reject) => {
-            tracing::debug!(listener = %ctx.name, source = %peer, reason = reject.reason.as_str(), details = %reject.details, "rejected");
-            audit.decision = Verdict::Deny.as_str();
-            audit.reason = reject.reason.as_str();
-            audit.details = Some(reject.details);
-            gw.metrics
-                .count_connection(&ctx.metrics, Verdict::Deny, reject.reason);
-            refuse(&mut client, hello_seen).await;
-        }
+    record_outcome(gw, &ctx.name, &ctx.metrics, peer, &mut audit, &result);
+    if result.is_err() {
+        refuse(&mut client, hello_seen).await;
     }
     drop(active);
     gw.audit.write(audit);
@@ -150,7 +142,8 @@ enum Peeked {
     /// A host name from the SNI or the `Host` header.
     Name {
         name: String,
-        from: &'static str,
+        /// From a ClientHello (else from an HTTP `Host` header).
+        tls: bool,
         ech: bool,
     },
     /// No usable name; why, and the reason code an `sni` listener answers with.
@@ -177,7 +170,7 @@ async fn peek(
                     SniName::Host(name) => {
                         return Peeked::Name {
                             name: name.as_str().to_owned(),
-                            from: "sni",
+                            tls: true,
                             ech: hello.ech,
                         }
                     }
@@ -196,7 +189,7 @@ async fn peek(
                     HostHeader::Host { name, .. } => {
                         return Peeked::Name {
                             name: name.as_str().to_owned(),
-                            from: "http_host",
+                            tls: false,
                             ech: false,
                         }
                     }
@@ -303,8 +296,8 @@ async fn proxy(
     let mut peeked = Vec::with_capacity(4096);
     let found = peek(client, &mut peeked, cap, deadline, hello_seen).await;
     let (dest, nameless) = match found {
-        Peeked::Name { name, from, ech } => {
-            if matches!(ctx.mode, Mode::Sni { .. }) && from != "sni" {
+        Peeked::Name { name, tls, ech } => {
+            if matches!(ctx.mode, Mode::Sni { .. }) && !tls {
                 audit.port = Some(port);
                 return Err(Reject::new(
                     Reason::BadRequest,
@@ -348,25 +341,15 @@ async fn proxy(
     let identity = found.identity;
     audit.set_identity(&identity);
 
-    let loaded = gw.policy.load();
-    let policy = &loaded.policy;
-    let decision = policy.decide(&identity, &dest);
-    record_decision(gw, audit, &decision);
-    if decision.verdict == Verdict::Deny {
-        let mut details = match &decision.rule {
-            Some(rule) => format!("rule {rule}"),
-            None => format!("no rule allows this caller to reach {dest}"),
-        };
-        if let Some(why) = &nameless {
-            details.push_str(&format!(
-                " (no host name: {why}; only a cidr rule on the original destination can allow it)"
-            ));
-        }
-        if let Some(note) = found.note {
-            details.push_str(&format!(" ({note})"));
-        }
-        return Err(Reject::new(decision.reason.into(), details));
-    }
+    let nameless_note = nameless.as_ref().map(|why| {
+        format!("no host name: {why}; only a cidr rule on the original destination can allow it")
+    });
+    let notes: Vec<&str> = nameless_note
+        .as_deref()
+        .into_iter()
+        .chain(found.note)
+        .collect();
+    let (loaded, decision) = crate::connect::decide(gw, audit, &identity, &dest, &notes)?;
     if let Some(why) = nameless {
         audit.details = Some(format!(
             "no host name ({why}): decided on the original destination"
