@@ -58,6 +58,12 @@ async fn status(gw: &Gateway, source: &str, target: &str) -> (u16, Option<String
     (r.status, r.proxy_status_error())
 }
 
+/// A connection from `source` to `target` gets `code` at once.
+async fn expect(gw: &Gateway, source: &str, target: &str, code: u16) {
+    let (got, err) = status(gw, source, target).await;
+    assert_eq!(got, code, "{source} -> {target}: {err:?}");
+}
+
 /// Waits until `/readyz` answers 200: the first full list is in.
 async fn wait_ready(gw: &Gateway) {
     let end = tokio::time::Instant::now() + egress_tests::DEADLINE;
@@ -110,41 +116,15 @@ async fn pods_are_allowed_or_denied_by_namespace_service_account_and_labels() {
     let gw = Gateway::start(POLICY, &config(&api, "")).await;
     wait_ready(&gw).await;
 
-    assert_eq!(
-        status(&gw, "127.0.0.2", &format!("api.example.com:{p}"))
-            .await
-            .0,
-        200
-    );
+    expect(&gw, "127.0.0.2", &format!("api.example.com:{p}"), 200).await;
     // Same namespace, other service account.
-    let (code, err) = status(&gw, "127.0.0.3", &format!("api.example.com:{p}")).await;
-    assert_eq!(code, 403, "{err:?}");
+    expect(&gw, "127.0.0.3", &format!("api.example.com:{p}"), 403).await;
     // A label rule.
-    assert_eq!(
-        status(&gw, "127.0.0.3", &format!("gold.example.com:{p}"))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        status(&gw, "127.0.0.2", &format!("gold.example.com:{p}"))
-            .await
-            .0,
-        403
-    );
+    expect(&gw, "127.0.0.3", &format!("gold.example.com:{p}"), 200).await;
+    expect(&gw, "127.0.0.2", &format!("gold.example.com:{p}"), 403).await;
     // The SPIFFE ID built from namespace and service account.
-    assert_eq!(
-        status(&gw, "127.0.0.4", &format!("web.example.com:{p}"))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        status(&gw, "127.0.0.4", &format!("api.example.com:{p}"))
-            .await
-            .0,
-        403
-    );
+    expect(&gw, "127.0.0.4", &format!("web.example.com:{p}"), 200).await;
+    expect(&gw, "127.0.0.4", &format!("api.example.com:{p}"), 403).await;
     // Not a Pod: no identity.
     let (code, err) = status(&gw, "127.0.0.9", &format!("api.example.com:{p}")).await;
     assert_eq!(code, 407);
@@ -179,7 +159,7 @@ async fn a_reused_address_is_nobodys_until_the_old_pod_is_gone() {
     let target = format!("api.example.com:{}", echo.addr.port());
     let gw = Gateway::start(POLICY, &config(&api, "")).await;
     wait_ready(&gw).await;
-    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 200);
+    expect(&gw, "127.0.0.2", &target, 200).await;
 
     // The old Pod is terminating; its address is handed to a Pod of another namespace while the
     // deletion is still in flight: both claim it.
@@ -247,31 +227,11 @@ async fn host_network_completed_and_addressless_pods_own_nothing() {
     let gw = Gateway::start(POLICY, &config(&api, "")).await;
     wait_ready(&gw).await;
 
-    assert_eq!(
-        status(&gw, "127.0.0.5", &format!("api.example.com:{p}"))
-            .await
-            .0,
-        407
-    );
+    expect(&gw, "127.0.0.5", &format!("api.example.com:{p}"), 407).await;
     // The running Pod owns the address, not the completed Job.
-    assert_eq!(
-        status(&gw, "127.0.0.6", &format!("api.example.com:{p}"))
-            .await
-            .0,
-        403
-    );
-    assert_eq!(
-        status(&gw, "127.0.0.6", &format!("web.example.com:{p}"))
-            .await
-            .0,
-        200
-    );
-    assert_eq!(
-        status(&gw, "127.0.0.7", &format!("api.example.com:{p}"))
-            .await
-            .0,
-        407
-    );
+    expect(&gw, "127.0.0.6", &format!("api.example.com:{p}"), 403).await;
+    expect(&gw, "127.0.0.6", &format!("web.example.com:{p}"), 200).await;
+    expect(&gw, "127.0.0.7", &format!("api.example.com:{p}"), 407).await;
 
     // The starting Pod gets its address: it is known from the next event on.
     api.upsert(
@@ -303,8 +263,8 @@ async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_a
     );
     assert_eq!(gw.metric("egress_pod_cache_up").await, Some(0.0));
     // Served from the last known map; still ready.
-    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 200);
-    assert_eq!(status(&gw, "127.0.0.3", &target).await.0, 200);
+    expect(&gw, "127.0.0.2", &target, 200).await;
+    expect(&gw, "127.0.0.3", &target, 200).await;
     assert_eq!(gw.admin_get("/readyz").await.0, 200);
     let age = gw
         .metric("egress_pod_cache_last_event_age_seconds")
@@ -331,8 +291,8 @@ async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_a
     );
     assert!(api.requests("list") > lists_before);
     until_status(&gw, "127.0.0.4", &target, 200).await;
-    assert_eq!(status(&gw, "127.0.0.3", &target).await.0, 403);
-    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 200);
+    expect(&gw, "127.0.0.3", &target, 403).await;
+    expect(&gw, "127.0.0.2", &target, 200).await;
     assert_eq!(gw.metric("egress_pod_cache_pods").await, Some(3.0));
     assert_eq!(gw.metric("egress_pod_cache_up").await, Some(1.0));
 }
@@ -357,12 +317,12 @@ async fn not_ready_before_the_first_full_list() {
     assert_eq!(code, 503);
     assert!(body.contains("first full list of Pods"), "{body}");
     // Unknown until synced: the Pod's address is nobody's.
-    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 407);
+    expect(&gw, "127.0.0.2", &target, 407).await;
     assert_eq!(gw.metric("egress_pod_cache_synced").await, Some(0.0));
 
     api.restart().await;
     wait_ready(&gw).await;
-    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 200);
+    expect(&gw, "127.0.0.2", &target, 200).await;
 }
 
 #[tokio::test]
@@ -392,9 +352,9 @@ async fn a_scoped_watch_sees_only_its_namespace_and_labels() {
     )
     .await;
     wait_ready(&gw).await;
-    assert_eq!(status(&gw, "127.0.0.2", &target).await.0, 200);
-    assert_eq!(status(&gw, "127.0.0.3", &target).await.0, 407);
-    assert_eq!(status(&gw, "127.0.0.4", &target).await.0, 407);
+    expect(&gw, "127.0.0.2", &target, 200).await;
+    expect(&gw, "127.0.0.3", &target, 407).await;
+    expect(&gw, "127.0.0.4", &target, 407).await;
 }
 
 #[tokio::test]
