@@ -61,7 +61,7 @@ impl AuditRecord {
             namespace: None,
             service_account: None,
             pod: None,
-            source: source.to_string(),
+            source: addr_string(source),
             host: None,
             port: None,
             upstream: None,
@@ -88,6 +88,40 @@ impl AuditRecord {
         if let Some(s) = self.started {
             self.duration_ms = u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX);
         }
+    }
+}
+
+/// `ip:port` as `SocketAddr`'s `Display` writes it; IPv4 without the formatting machinery, since
+/// every connection formats its source and its upstream.
+pub fn addr_string(addr: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else {
+        return addr.to_string();
+    };
+    let mut out = String::with_capacity(21);
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_decimal(&mut out, u32::from(octet));
+    }
+    out.push(':');
+    push_decimal(&mut out, u32::from(v4.port()));
+    out
+}
+
+fn push_decimal(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
     }
 }
 
@@ -140,6 +174,29 @@ impl AuditSink {
             if let Err(e) = out.flush() {
                 tracing::error!(error = %e, "flushing audit lines failed");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addr_string;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn addr_string_writes_what_display_writes() {
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:9443",
+            "10.20.30.40:65535",
+            "255.255.255.255:1",
+            "192.0.2.9:80",
+            "[::1]:443",
+            "[2001:db8::1]:8080",
+            "[::ffff:127.0.0.1]:3128",
+        ] {
+            let addr: SocketAddr = a.parse().expect("a socket address");
+            assert_eq!(addr_string(addr), addr.to_string(), "{a}");
         }
     }
 }

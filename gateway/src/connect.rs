@@ -129,9 +129,14 @@ pub(crate) async fn accept_until_stopped(
     mut stop: watch::Receiver<bool>,
     mut accepted: impl FnMut(TcpStream, SocketAddr),
 ) {
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
-            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
+            biased;
+            () = &mut stopped => break,
             result = listener.accept() => match result {
                 Ok((stream, peer)) => accepted(stream, peer),
                 Err(e) => {
@@ -463,7 +468,7 @@ pub(crate) async fn dial_allowed(
     drop(loaded);
     let (upstream, dialed) =
         crate::upstream::dial(&gw.config.upstream, &addrs, dest.port, &gw.metrics).await?;
-    audit.upstream = Some(dialed.to_string());
+    audit.upstream = Some(crate::audit::addr_string(dialed));
     Ok(upstream)
 }
 

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -252,11 +252,20 @@ pub async fn relay(
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let one_done = AtomicBool::new(false);
     let close = {
         let both = async {
             tokio::try_join!(
-                pump(client, upstream, &up, meters.up, &last, epoch),
-                pump(upstream, client, &down, meters.down, &last, epoch),
+                pump(client, upstream, &up, meters.up, &last, epoch, &one_done),
+                pump(
+                    upstream,
+                    client,
+                    &down,
+                    meters.down,
+                    &last,
+                    epoch,
+                    &one_done
+                ),
             )
         };
         tokio::select! {
@@ -283,8 +292,10 @@ pub async fn relay_down(
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let down = AtomicU64::new(0);
+    // One direction only: its EOF always half-closes the caller.
+    let only_one = AtomicBool::new(false);
     let close = tokio::select! {
-        r = pump(upstream, client, &down, counter, &last, epoch) => if r.is_ok() { Close::Eof } else { Close::Error },
+        r = pump(upstream, client, &down, counter, &last, epoch, &only_one) => if r.is_ok() { Close::Eof } else { Close::Error },
         () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
         c = stop => c,
     };
@@ -327,6 +338,10 @@ pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// One direction: `src` to `dst` until `src` sends EOF, then half-close `dst`.
+///
+/// `one_done` is shared with the opposite direction. The first direction to finish half-closes
+/// its `dst`; the second skips that system call, because both sockets are closed as soon as it
+/// returns, and closing a socket whose incoming side has been read to EOF sends the same FIN.
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
@@ -334,7 +349,15 @@ async fn pump(
     counter: &Counter,
     last: &AtomicU64,
     epoch: Instant,
+    one_done: &AtomicBool,
 ) -> io::Result<()> {
+    let finish = || {
+        if one_done.swap(true, Ordering::AcqRel) {
+            Ok(())
+        } else {
+            shutdown_write(dst.as_raw_fd())
+        }
+    };
     let account = |n: usize| {
         total.fetch_add(n as u64, Ordering::Relaxed);
         counter.inc_by(n as u64);
@@ -342,14 +365,15 @@ async fn pump(
     };
     // Copy mode: small exchanges (requests, handshakes) never pay for a pipe.
     if copy(src, dst, &account, true).await? == Copied::Eof {
-        return Ok(());
+        return finish();
     }
     // Bulk mode: splice through a pipe. If no pipe can be had (fd limit), keep copying.
     let mut pipe = match Pipe::new() {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "no pipe for splice; copying");
-            return copy(src, dst, &account, false).await.map(|_| ());
+            copy(src, dst, &account, false).await?;
+            return finish();
         }
     };
     // Neither side waits for the other: when `dst` is full, the pipe keeps taking from `src`
@@ -379,8 +403,7 @@ async fn pump(
             }
         }
         if eof && pipe.pending == 0 {
-            shutdown_write(dst.as_raw_fd())?;
-            return Ok(());
+            return finish();
         }
         if progressed {
             // Stay fair to the other tasks on this worker (and to the opposite direction).
@@ -407,7 +430,7 @@ async fn pump(
 /// How a copy loop ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Copied {
-    /// `src` sent EOF, and `dst` was half-closed.
+    /// `src` sent EOF (the caller half-closes `dst`).
     Eof,
     /// A read filled a whole buffer (only when asked to stop there): bulk data is flowing.
     Bulk,
@@ -424,10 +447,7 @@ async fn copy(
         src.readable().await?;
         let mut buf = PooledBuf::take();
         match read_some(src, &mut buf.0) {
-            Ok(0) => {
-                shutdown_write(dst.as_raw_fd())?;
-                return Ok(Copied::Eof);
-            }
+            Ok(0) => return Ok(Copied::Eof),
             Ok(n) => {
                 write_all(dst, &buf.0[..n]).await?;
                 account(n);

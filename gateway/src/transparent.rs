@@ -159,7 +159,6 @@ async fn peek(
     deadline: Instant,
     hello_seen: &mut bool,
 ) -> Peeked {
-    let mut chunk = vec![0u8; 4096];
     let mut reads = 0usize;
     loop {
         match sniff(buf) {
@@ -223,14 +222,22 @@ async fn peek(
                 reason: Reason::HeaderTooLarge,
             };
         }
-        let room = (cap - buf.len()).min(chunk.len());
-        match tokio::time::timeout_at(deadline, client.read(&mut chunk[..room])).await {
+        // Read straight into `buf`: at most 4 KiB more, never past the cap.
+        let start = buf.len();
+        buf.resize(start + (cap - start).min(4096), 0);
+        let read = tokio::time::timeout_at(deadline, client.read(&mut buf[start..])).await;
+        let got = match read {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        buf.truncate(start + got);
+        match read {
             Ok(Ok(0)) | Ok(Err(_)) => return Peeked::Nameless {
                 why: "the client stopped sending before a ClientHello or request head was complete"
                     .to_owned(),
                 reason: Reason::BadRequest,
             },
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
             Err(_) => {
                 let why = if buf.is_empty() {
                     "the client sent nothing within headerReadTimeout".to_owned()

@@ -57,6 +57,24 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
     newest
 }
 
+/// The gateway's worker threads, fixed per test file so that both schedulers are exercised and a
+/// failure reproduces: the single-threaded one (what a one-CPU deployment runs) for the tunnel,
+/// sni, network-namespace and lifecycle tests, two workers for the others.
+fn workers() -> &'static str {
+    let exe = std::env::current_exe().ok();
+    let name = exe
+        .as_deref()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    let single = ["tunnel-", "sni-", "netns-", "lifecycle-"];
+    if single.iter().any(|t| name.starts_with(t)) {
+        "1"
+    } else {
+        "2"
+    }
+}
+
 /// A fresh directory under the system temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -156,6 +174,7 @@ impl Gateway {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env_remove("RUST_LOG")
+            .env("TOKIO_WORKER_THREADS", workers())
             .spawn()
             .expect("start egress-gateway");
         spawn_reader(

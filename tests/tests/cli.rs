@@ -492,3 +492,29 @@ fn config_validate_loads_the_tls_material_it_names() {
     let out = run(&["run", "--config", cfg.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(2), "run refuses it too");
 }
+
+#[test]
+fn run_refuses_a_worker_count_that_is_not_a_positive_number() {
+    let dir = temp_dir("workers");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("write");
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!("listeners:\n  - {{name: p, kind: connect, address: \"127.0.0.1:0\"}}\nadmin: {{address: \"127.0.0.1:0\"}}\npolicy: {{path: {}}}\n", policy.display()),
+    )
+    .expect("write");
+    for bad in ["0", "many", "-1"] {
+        let out = Command::new(binary())
+            .args(["run", "--config", cfg.to_str().expect("utf-8 path")])
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .expect("run egress-gateway");
+        assert_eq!(out.status.code(), Some(2), "TOKIO_WORKER_THREADS={bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("TOKIO_WORKER_THREADS") && err.contains("not a positive number"),
+            "{err}"
+        );
+    }
+}
