@@ -18,7 +18,9 @@
 # the sequential cycles (added latency = path p50 - direct p50), and the proxy's CPU time per
 # connection (utime+stime of its processes over the sequential run; the direct row shows the
 # upstream's own). Throughput: egress-bench throughput to the discard upstream 127.0.0.1:9001,
-# direct, through envoy-tcp (9113) and through the transparent listener (REDIRECT as above).
+# direct, through envoy-tcp (9113), and redirected (a REDIRECT rule for the client's connections,
+# which carry SO_MARK 0x4000) to the transparent listener and to envoy-tcp: like for like, both
+# behind the same iptables rule and connection tracking.
 # Pinning: proxies on CPU 0, client and upstreams on CPU 1, as in run.sh.
 set -euo pipefail
 
@@ -33,6 +35,7 @@ certs=${BENCH_CERTS:-$run/certs}
 concurrency=${CONCURRENCY:-50}
 sources=${SOURCES:-16}
 mark=0x2000
+client_mark=0x4000
 mkdir -p "$run"
 clientlog=$run/sni-client.log
 : >"$clientlog"
@@ -61,6 +64,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 redirect() { # port-from port-to: client connections to 127.0.0.1:from go to the gateway's port-to
   local r="-p tcp -d 127.0.0.1 --dport $1 -m mark ! --mark $mark -j REDIRECT --to-ports $2"
+  eval "iptables -t nat -I OUTPUT $r"; rules+=("$r")
+}
+redirect_marked() { # port-from port-to: connections the client marked $client_mark go to port-to
+  local r="-p tcp -d 127.0.0.1 --dport $1 -m mark --mark $client_mark -j REDIRECT --to-ports $2"
   eval "iptables -t nat -I OUTPUT $r"; rules+=("$r")
 }
 unredirect() { local r; for r in "${rules[@]}"; do eval "iptables -t nat -D OUTPUT $r" || true; done; rules=(); }
@@ -131,13 +138,27 @@ unredirect
 taskset -c 1 "$bin/egress-bench" upstreams --echo 127.0.0.1:9000 --discard 127.0.0.1:9001 2>"$run/upstreams.log" &
 bg_pids+=($!)
 wait_port 9001 10 || die "upstreams did not start"
-thr() { local out; out=$(client throughput --target "127.0.0.1:$2" --seconds "$secs" --label "$1") && THR[$1]=$(field "$out" 3) || THR[$1]=n/a; log "$1: ${THR[$1]} Gbit/s"; }
+thr() { # name port [client options]
+  local name=$1 port=$2 out
+  shift 2
+  out=$(client throughput --target "127.0.0.1:$port" --seconds "$secs" --label "$name" "$@") && THR[$name]=$(field "$out" 3) || THR[$name]=n/a
+  log "$name: ${THR[$name]} Gbit/s"
+}
 thr direct 9001
-redirect 9001 9203
-thr egress-gateway-transparent 9001
+# The client's connection to the discard upstream, redirected: to the transparent listener, and to
+# Envoy's tcp_proxy behind the same rule (Envoy's own dial to 9001 is unmarked, so not redirected).
+redirect_marked 9001 9203
+thr egress-gateway-transparent 9001 --mark "$client_mark"
 unredirect
 stop_gateway
-if [ -x "$(envoy_bin)" ]; then start_peer envoy-tcp 9113 && thr envoy-tcp 9113; stop_peer envoy-tcp; fi
+if [ -x "$(envoy_bin)" ]; then
+  start_peer envoy-tcp 9113
+  thr envoy-tcp 9113
+  redirect_marked 9001 9113
+  thr envoy-tcp-redirect 9001 --mark "$client_mark"
+  unredirect
+  stop_peer envoy-tcp
+fi
 
 {
   echo
@@ -153,5 +174,5 @@ if [ -x "$(envoy_bin)" ]; then start_peer envoy-tcp 9113 && thr envoy-tcp 9113; 
   echo
   echo "| single-stream throughput | Gbit/s |"
   echo "| --- | ---: |"
-  for n in direct envoy-tcp egress-gateway-transparent; do echo "| $n | ${THR[$n]:-n/a} |"; done
+  for n in direct envoy-tcp envoy-tcp-redirect egress-gateway-transparent; do echo "| $n | ${THR[$n]:-n/a} |"; done
 } | tee "$run/results-sni.md"

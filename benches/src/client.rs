@@ -43,6 +43,9 @@ pub struct Route {
     /// The CONNECT request, built once.
     request: Vec<u8>,
     label: String,
+    /// `SO_MARK` for the client's sockets (needs CAP_NET_ADMIN), e.g. for an iptables rule that
+    /// redirects only the client's connections.
+    mark: Option<u32>,
 }
 
 /// An open path to the upstream, with any bytes that arrived behind the CONNECT response head.
@@ -58,6 +61,7 @@ impl Route {
         connect_to: SocketAddr,
         sources: u8,
         label: String,
+        mark: Option<u32>,
     ) -> Self {
         let request = format!("CONNECT {connect_to} HTTP/1.1\r\nHost: {connect_to}\r\n\r\n");
         Route {
@@ -67,6 +71,7 @@ impl Route {
             next_source: AtomicU32::new(0),
             request: request.into_bytes(),
             label,
+            mark,
         }
     }
 
@@ -98,6 +103,11 @@ impl Route {
 
     /// Connect to the target, from the next source address in turn when there are several.
     async fn dial(&self) -> std::io::Result<TcpStream> {
+        if let Some(mark) = self.mark {
+            let socket = TcpSocket::new_v4()?;
+            sys::set_mark(socket.as_raw_fd(), mark)?;
+            return socket.connect(self.target).await;
+        }
         dial(self.target, self.sources, &self.next_source).await
     }
 }

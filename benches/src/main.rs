@@ -162,6 +162,18 @@ struct PathArgs {
     /// caps one source address near 14k connections/s; more sources lift that cap off the client.
     #[arg(long, default_value_t = 1)]
     sources: u8,
+    /// Set this `SO_MARK` on the client's sockets (root), so that an iptables rule can pick out
+    /// the client's connections (and not the proxy's) for a `REDIRECT`. Not with --sources > 1.
+    #[arg(long, value_parser = parse_mark, conflicts_with = "sources")]
+    mark: Option<u32>,
+}
+
+fn parse_mark(s: &str) -> std::result::Result<u32, String> {
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|e| format!("{s:?}: {e}"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -315,7 +327,9 @@ fn route(p: PathArgs, default_connect_to: &str) -> Result<Route> {
         bail!("--sources must be between 1 and 254");
     }
     let label = one_word(p.label.unwrap_or_else(|| target.to_string()))?;
-    Ok(Route::new(target, p.via, connect_to, p.sources, label))
+    Ok(Route::new(
+        target, p.via, connect_to, p.sources, label, p.mark,
+    ))
 }
 
 /// Accept only IPv4 loopback addresses (127.0.0.0/8): this tool never touches a real network.

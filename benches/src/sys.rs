@@ -62,6 +62,26 @@ pub fn set_bind_address_no_port(fd: std::os::fd::RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Set `SO_MARK` on a socket (needs CAP_NET_ADMIN).
+#[allow(unsafe_code)]
+pub fn set_mark(fd: std::os::fd::RawFd, mark: u32) -> io::Result<()> {
+    // SAFETY: `fd` is an open socket owned by the caller for the duration of the call; the option
+    // value points to a live u32 and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Resident set size of a process in bytes, from the `VmRSS:` line of /proc/PID/status.
 pub fn vm_rss_bytes(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
