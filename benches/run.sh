@@ -119,12 +119,30 @@ stop_cur_peer() {
   [ -z "$pid" ] || wait_gone "$pid" 15 || { log "$cur_peer ($pid) still running; killing"; kill -KILL "$pid" 2>/dev/null || true; }
   cur_peer=""
 }
+tw_saved=""
 cleanup() {
   stop_cur_peer; stop_gateway
+  [ -z "$tw_saved" ] || sysctl -qw "net.ipv4.tcp_max_tw_buckets=$tw_saved" || true
   if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# TIME_WAIT: every connection-rate cycle leaves a loopback socket in TIME_WAIT, on the side that
+# closed first, and a proxy closes its upstream connection first (it passes on the client's FIN).
+# While the kernel's TIME_WAIT table has room, connect() reuses a local port towards the same
+# upstream only once its TIME_WAIT is about a second old: that caps every proxy near 14k new
+# upstream connections/s from 127.0.0.1, and burns its CPU in the port search. Whether the table
+# is full (new entries dropped) when a path runs depends on the paths before it, so the figures
+# would depend on the order. As root, the script keeps no TIME_WAIT sockets during the run
+# (net.ipv4.tcp_max_tw_buckets=0, restored at exit): the same condition for every path, and the
+# figures show each proxy's own cost. Without root, it warns and measures as the table happens to be.
+if [ "$(id -u)" = 0 ] && tw_now=$(sysctl -n net.ipv4.tcp_max_tw_buckets 2>/dev/null); then
+  tw_saved=$tw_now
+  sysctl -qw net.ipv4.tcp_max_tw_buckets=0 || { tw_saved=""; log "could not set net.ipv4.tcp_max_tw_buckets; connection rates depend on the TIME_WAIT table"; }
+else
+  log "not root: TIME_WAIT sockets are kept, and connection rates depend on the TIME_WAIT table's state (see docs/benchmarks.md)"
+fi
 
 # ---- upstreams ---------------------------------------------------------------------------------
 ports_free 9000 9001 || die "stop whatever listens there (a previous run?) and retry"
@@ -201,11 +219,6 @@ EOF
 # ---- measurements ------------------------------------------------------------------------------
 declare -A THR RATE ERRS P50 P99 IDLE VIA
 
-# TIME_WAIT: each connection-rate run leaves loopback sockets in TIME_WAIT, and the paths run in
-# a fixed order with `direct` first. From then on the kernel's TIME_WAIT table is full for every
-# proxy (new entries are dropped: "time wait bucket table overflow"), so no proxy meets the
-# ephemeral-port ceiling (~14k connections/s per source and destination pair) that a drained
-# table would impose on all of them alike, and the figures show each proxy's own cost.
 measure() { # name via discard-port echo-port pid-or-empty
   local name=$1 via=$2 dport=$3 eport=$4 pid=$5 out
   local thr_to=() echo_to=()

@@ -174,7 +174,9 @@ async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) 
     let acceptor = store.current().acceptor.clone();
     // The TLS handshake counts against the same whole-head deadline as the request head.
     let deadline = Instant::now() + ctx.gateway.config.limits.header_read_timeout;
-    match tokio::time::timeout_at(deadline, acceptor.accept(client)).await {
+    // The TLS path is boxed: a handshake and a TLS stream are large, and a plain connection's
+    // task should not be sized for them (every task is as large as its largest state).
+    match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(client))).await {
         Ok(Ok(tls)) => {
             let mtls = match tls.get_ref().1.peer_certificates() {
                 None | Some([]) => Mtls::NoCertificate,
@@ -183,7 +185,7 @@ async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) 
                     Err(why) => Mtls::NotAnIdentity(why.to_string()),
                 },
             };
-            serve_caller(&ctx, tls, peer, mtls, active).await;
+            Box::pin(serve_caller(&ctx, tls, peer, mtls, active)).await;
         }
         Ok(Err(e)) => {
             let reason = e
@@ -261,7 +263,9 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S, reject: &Reje
 pub(crate) async fn close_discarding<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) {
     let _ = client.shutdown().await;
     let deadline = Instant::now() + http::LINGER;
-    let mut sink = [0u8; 4096];
+    // On the heap: only refused connections get here, and a buffer inside this future would
+    // make every connection's task larger.
+    let mut sink = vec![0u8; 4096];
     let mut discarded = 0usize;
     while discarded < 256 * 1024 {
         match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {

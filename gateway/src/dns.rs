@@ -63,7 +63,9 @@ impl Dns {
             return Ok(dedup(ips.iter().copied()));
         }
         let fqdn = format!("{}.", name.as_str());
-        let lookup = self.resolver.lookup_ip(fqdn).await.map_err(|e| {
+        // Boxed: the resolver's future is large, and every connection's task would otherwise
+        // carry its size, `dns.hosts` hits and IP literals included.
+        let lookup = Box::pin(self.resolver.lookup_ip(fqdn)).await.map_err(|e| {
             if e.is_no_records_found() {
                 DnsError::NoAddresses(name.to_string())
             } else {
