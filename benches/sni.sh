@@ -16,8 +16,8 @@
 # share plus X25519 (a ~1.7 KB ClientHello; see benches/src/pq.rs), GET /, 200, close.
 # Figures per path: connections/s at CONCURRENCY (default 50) and sequentially (1 worker), p50 of
 # the sequential cycles (added latency = path p50 - direct p50), and the proxy's CPU time per
-# connection (utime+stime of its processes over the sequential run; the direct row shows the
-# upstream's own). Throughput: egress-bench throughput to the discard upstream 127.0.0.1:9001,
+# connection at CONCURRENCY and sequentially (utime+stime of its processes over each run ÷ that
+# run's connections; the direct row shows the upstream's own). Throughput: egress-bench throughput to the discard upstream 127.0.0.1:9001,
 # direct, through envoy-tcp (9113), and redirected (a REDIRECT rule for the client's connections,
 # which carry SO_MARK 0x4000) to the transparent listener and to envoy-tcp: like for like, both
 # behind the same iptables rule and connection tracking.
@@ -72,7 +72,11 @@ redirect_marked() { # port-from port-to: connections the client marked $client_m
 }
 unredirect() { local r; for r in "${rules[@]}"; do eval "iptables -t nat -D OUTPUT $r" || true; done; rules=(); }
 
-declare -A RATE SEQ P50 CPU THR
+declare -A RATE SEQ P50 CPU CPUC THR
+per_conn() { # ticks rate: CPU microseconds per connection over a run of $secs seconds at that rate
+  awk -v d="$1" -v hz="$(getconf CLK_TCK)" -v r="$2" -v s="$secs" \
+    'BEGIN { if (r + 0 > 0) printf "%.0f", d * 1e6 / hz / (r * s); else print "n/a" }'
+}
 order=()
 tls() { # name target-port pid...: the connection-rate figures of one path
   local name=$1 port=$2 out c0 c1
@@ -81,14 +85,16 @@ tls() { # name target-port pid...: the connection-rate figures of one path
   echo "== $name" >>"$clientlog"
   local args=(--mode http --ca "$certs/ca.crt" --server-name upstream.test --pq-share
     --target "127.0.0.1:$port" --sources "$sources" --seconds "$secs" --label "$name")
+  c0=$(cpu_ticks "$@")
   out=$(client tls-rate "${args[@]}" --concurrency "$concurrency") && RATE[$name]=$(field "$out" 3) || RATE[$name]=n/a
+  c1=$(cpu_ticks "$@")
+  CPUC[$name]=$(per_conn $((c1 - c0)) "${RATE[$name]}")
   c0=$(cpu_ticks "$@")
   out=$(client tls-rate "${args[@]}" --concurrency 1) || out=""
   c1=$(cpu_ticks "$@")
   SEQ[$name]=$(field "$out" 3); P50[$name]=$(field "$out" 8)
-  CPU[$name]=$(awk -v d=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v r="${SEQ[$name]}" -v s="$secs" \
-    'BEGIN { if (r + 0 > 0) printf "%.0f", d * 1e6 / hz / (r * s); else print "n/a" }')
-  log "$name: ${RATE[$name]} conn/s at c=$concurrency; sequential ${SEQ[$name]} conn/s, p50 ${P50[$name]} us, CPU ${CPU[$name]} us/conn"
+  CPU[$name]=$(per_conn $((c1 - c0)) "${SEQ[$name]}")
+  log "$name: ${RATE[$name]} conn/s at c=$concurrency, CPU ${CPUC[$name]} us/conn; sequential ${SEQ[$name]} conn/s, p50 ${P50[$name]} us, CPU ${CPU[$name]} us/conn"
 }
 
 # The TLS upstream (nginx-upstream: 9443, one worker) stays up for every path.
@@ -164,12 +170,12 @@ fi
   echo
   echo "### SNI and transparent listeners, $(date -u +%Y-%m-%dT%H:%MZ), ${secs} s per figure, commit $(git -C "$repo" rev-parse --short HEAD)"
   echo
-  echo "| path | conn/s (c=$concurrency) | sequential conn/s | sequential p50 (µs) | added p50 (µs) | proxy CPU (µs/conn) |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+  echo "| path | conn/s (c=$concurrency) | proxy CPU at c=$concurrency (µs/conn) | sequential conn/s | sequential p50 (µs) | added p50 (µs) | proxy CPU, sequential (µs/conn) |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
   for n in "${order[@]}"; do
     added=$(awk -v a="${P50[$n]}" -v d="${P50[direct]}" 'BEGIN { if (a + 0 > 0 && d + 0 > 0) printf "%+.0f", a - d; else print "n/a" }')
     [ "$n" = direct ] && added="—"
-    echo "| $n | ${RATE[$n]} | ${SEQ[$n]} | ${P50[$n]} | $added | ${CPU[$n]}$([ "$n" = direct ] && echo ' (upstream)') |"
+    echo "| $n | ${RATE[$n]} | ${CPUC[$n]} | ${SEQ[$n]} | ${P50[$n]} | $added | ${CPU[$n]}$([ "$n" = direct ] && echo ' (upstream)') |"
   done
   echo
   echo "| single-stream throughput | Gbit/s |"
