@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::Notify;
+
 use egress_policy::{Identity, IdentitySource};
 use serde::Serialize;
 
@@ -133,6 +135,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 pub struct AuditSink {
     out: Arc<Mutex<BufWriter<Stdout>>>,
     dirty: Arc<AtomicBool>,
+    /// Wakes the flusher when a line lands in an empty buffer.
+    wrote: Arc<Notify>,
 }
 
 impl AuditSink {
@@ -144,12 +148,15 @@ impl AuditSink {
                 std::io::stdout(),
             ))),
             dirty: Arc::new(AtomicBool::new(false)),
+            wrote: Arc::new(Notify::new()),
         };
         let flusher = sink.clone();
+        // The flusher sleeps until a line is waiting, then flushes FLUSH_EVERY later: no timer
+        // runs while no connection ends, and a line waits at most FLUSH_EVERY.
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FLUSH_EVERY);
             loop {
-                tick.tick().await;
+                flusher.wrote.notified().await;
+                tokio::time::sleep(FLUSH_EVERY).await;
                 flusher.flush();
             }
         });
@@ -164,7 +171,9 @@ impl AuditSink {
         if let Err(e) = out.write_all(&line) {
             tracing::error!(error = %e, "audit line lost: stdout failed");
         }
-        self.dirty.store(true, Ordering::Release);
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            self.wrote.notify_one();
+        }
     }
 
     /// Writes out buffered lines now.
