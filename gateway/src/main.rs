@@ -233,7 +233,7 @@ fn main() -> ExitCode {
                 }
             }
             init_logging(&cfg);
-            let mut builder = match runtime_builder() {
+            let (mut builder, workers) = match runtime_builder() {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("egress-gateway: {e}");
@@ -241,7 +241,15 @@ fn main() -> ExitCode {
                 }
             };
             let runtime = match builder.enable_all().build() {
-                Ok(r) => r,
+                Ok(r) => {
+                    let scheduler = if workers == 1 {
+                        "current_thread"
+                    } else {
+                        "multi_thread"
+                    };
+                    tracing::info!(workers, scheduler, "runtime");
+                    r
+                }
                 Err(e) => {
                     eprintln!("egress-gateway: cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
@@ -262,7 +270,7 @@ fn main() -> ExitCode {
 /// The async runtime: one worker thread per CPU the process may use (its affinity and CPU quota),
 /// or `TOKIO_WORKER_THREADS` if set. With one, the single-threaded scheduler, which needs no
 /// hand-offs between threads: less work per connection on a one-core deployment.
-fn runtime_builder() -> Result<tokio::runtime::Builder, String> {
+fn runtime_builder() -> Result<(tokio::runtime::Builder, usize), String> {
     let workers = match std::env::var("TOKIO_WORKER_THREADS") {
         Ok(v) => match v.trim().parse::<usize>() {
             Ok(n) if n > 0 => n,
@@ -275,13 +283,14 @@ fn runtime_builder() -> Result<tokio::runtime::Builder, String> {
             return Err(format!("TOKIO_WORKER_THREADS={v:?}: not a positive number"))
         }
     };
-    Ok(if workers == 1 {
+    let builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(workers);
         b
-    })
+    };
+    Ok((builder, workers))
 }
 
 fn certs_dev(out: &Path, trust_domain: &str, workloads: &[String]) -> ExitCode {

@@ -211,6 +211,17 @@ impl Gateway {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The gateway runs the scheduler this test file asked for.
+        let runtime = gw.logs().iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "runtime").then(|| v["workers"].as_u64())?
+        });
+        assert_eq!(
+            runtime.map(|w| w.to_string()).as_deref(),
+            Some(workers()),
+            "runtime log line: {}",
+            gw.logs().join("\n")
+        );
         gw
     }
 
