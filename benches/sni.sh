@@ -62,12 +62,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-redirect() { # port-from port-to: client connections to 127.0.0.1:from go to the gateway's port-to
-  local r="-p tcp -d 127.0.0.1 --dport $1 -m mark ! --mark $mark -j REDIRECT --to-ports $2"
-  eval "iptables -t nat -I OUTPUT $r"; rules+=("$r")
-}
-redirect_marked() { # port-from port-to: connections the client marked $client_mark go to port-to
-  local r="-p tcp -d 127.0.0.1 --dport $1 -m mark --mark $client_mark -j REDIRECT --to-ports $2"
+redirect() { # port-from port-to mark-match: connections to 127.0.0.1:from that match go to port-to
+  local r="-p tcp -d 127.0.0.1 --dport $1 -m mark $3 -j REDIRECT --to-ports $2"
   eval "iptables -t nat -I OUTPUT $r"; rules+=("$r")
 }
 unredirect() { local r; for r in "${rules[@]}"; do eval "iptables -t nat -D OUTPUT $r" || true; done; rules=(); }
@@ -136,7 +132,7 @@ log: {format: text, level: warn}
 EOF
 start_gateway "$run/sni-gateway.yaml" 9202
 tls egress-gateway-sni 9202 "$gw_pid"
-redirect 9443 9203
+redirect 9443 9203 "! --mark $mark"   # all but the gateway's own dials
 tls egress-gateway-transparent 9443 "$gw_pid"
 unredirect
 
@@ -153,14 +149,14 @@ thr() { # name port [client options]
 thr direct 9001
 # The client's connection to the discard upstream, redirected: to the transparent listener, and to
 # Envoy's tcp_proxy behind the same rule (Envoy's own dial to 9001 is unmarked, so not redirected).
-redirect_marked 9001 9203
+redirect 9001 9203 "--mark $client_mark"
 thr egress-gateway-transparent 9001 --mark "$client_mark"
 unredirect
 stop_gateway
 if [ -x "$(envoy_bin)" ]; then
   start_peer envoy-tcp 9113
   thr envoy-tcp 9113
-  redirect_marked 9001 9113
+  redirect 9001 9113 "--mark $client_mark"
   thr envoy-tcp-redirect 9001 --mark "$client_mark"
   unredirect
   stop_peer envoy-tcp

@@ -42,38 +42,33 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
 /// Set IP_BIND_ADDRESS_NO_PORT on a socket about to be bound to a source address with port 0, so
 /// that the kernel picks the port at connect() time for the whole 4-tuple instead of reserving a
 /// port per source address at bind() time.
-#[allow(unsafe_code)]
 pub fn set_bind_address_no_port(fd: std::os::fd::RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
+    set_int_option(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
+}
+
+/// Set `SO_MARK` on a socket (needs CAP_NET_ADMIN).
+pub fn set_mark(fd: std::os::fd::RawFd, mark: u32) -> io::Result<()> {
+    // The kernel reads the mark as a 32-bit value: same bits as the c_int passed.
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)
+}
+
+/// `setsockopt` of one `int`-sized option.
+#[allow(unsafe_code)]
+fn set_int_option(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `fd` is an open socket owned by the caller for the duration of the call; the option
     // value points to a live c_int and the length passed is its size.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Set `SO_MARK` on a socket (needs CAP_NET_ADMIN).
-#[allow(unsafe_code)]
-pub fn set_mark(fd: std::os::fd::RawFd, mark: u32) -> io::Result<()> {
-    // SAFETY: `fd` is an open socket owned by the caller for the duration of the call; the option
-    // value points to a live u32 and the length passed is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mark as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
         )
     };
     if rc != 0 {

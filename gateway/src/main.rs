@@ -233,7 +233,7 @@ fn main() -> ExitCode {
                 }
             }
             init_logging(&cfg);
-            let (mut builder, workers) = match runtime_builder() {
+            let mut builder = match runtime_builder() {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("egress-gateway: {e}");
@@ -241,15 +241,7 @@ fn main() -> ExitCode {
                 }
             };
             let runtime = match builder.enable_all().build() {
-                Ok(r) => {
-                    let scheduler = if workers == 1 {
-                        "current_thread"
-                    } else {
-                        "multi_thread"
-                    };
-                    tracing::info!(workers, scheduler, "runtime");
-                    r
-                }
+                Ok(r) => r,
                 Err(e) => {
                     eprintln!("egress-gateway: cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
@@ -270,27 +262,26 @@ fn main() -> ExitCode {
 /// The async runtime: one worker thread per CPU the process may use (its affinity and CPU quota),
 /// or `TOKIO_WORKER_THREADS` if set. With one, the single-threaded scheduler, which needs no
 /// hand-offs between threads: less work per connection on a one-core deployment.
-fn runtime_builder() -> Result<(tokio::runtime::Builder, usize), String> {
-    let workers = match std::env::var("TOKIO_WORKER_THREADS") {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => n,
+fn runtime_builder() -> Result<tokio::runtime::Builder, String> {
+    let workers = match std::env::var_os("TOKIO_WORKER_THREADS") {
+        None => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        Some(v) => match v.to_str().and_then(|s| s.trim().parse::<usize>().ok()) {
+            Some(n) if n > 0 => n,
             _ => return Err(format!("TOKIO_WORKER_THREADS={v:?}: not a positive number")),
         },
-        Err(std::env::VarError::NotPresent) => {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        }
-        Err(std::env::VarError::NotUnicode(v)) => {
-            return Err(format!("TOKIO_WORKER_THREADS={v:?}: not a positive number"))
-        }
     };
-    let builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
+    let (builder, scheduler) = if workers == 1 {
+        (
+            tokio::runtime::Builder::new_current_thread(),
+            "current_thread",
+        )
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
         b.worker_threads(workers);
-        b
+        (b, "multi_thread")
     };
-    Ok((builder, workers))
+    tracing::info!(workers, scheduler, "runtime");
+    Ok(builder)
 }
 
 fn certs_dev(out: &Path, trust_domain: &str, workloads: &[String]) -> ExitCode {

@@ -186,13 +186,19 @@ impl Gateway {
             Arc::clone(&gw.logs),
         );
         let logs = Arc::clone(&gw.logs);
-        let find = |message: &str| {
+        // A field of the first log line with this message.
+        let field = |message: &str, key: &str| {
             let logs = logs.lock().expect("lock");
             logs.iter().find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["message"] == message)
-                    .then(|| v["address"].as_str()?.parse::<SocketAddr>().ok())?
+                let mut v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["message"] == message).then(|| v[key].take())
             })
+        };
+        let find = |message: &str| {
+            field(message, "address")?
+                .as_str()?
+                .parse::<SocketAddr>()
+                .ok()
         };
         let end = tokio::time::Instant::now() + crate::DEADLINE;
         loop {
@@ -212,10 +218,7 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // The gateway runs the scheduler this test file asked for.
-        let runtime = gw.logs().iter().find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["message"] == "runtime").then(|| v["workers"].as_u64())?
-        });
+        let runtime = field("runtime", "workers").and_then(|w| w.as_u64());
         assert_eq!(
             runtime.map(|w| w.to_string()).as_deref(),
             Some(workers()),

@@ -40,6 +40,18 @@ rules:
         ports: [443]
 "#;
 
+/// A gateway.yaml in `dir` with one connect listener and the admin server on ephemeral loopback
+/// ports, and the policy at `policy`.
+fn connect_config(dir: &std::path::Path, policy: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(
+        &cfg,
+        format!("listeners:\n  - {{name: p, kind: connect, address: \"127.0.0.1:0\"}}\nadmin: {{address: \"127.0.0.1:0\"}}\npolicy: {{path: {}}}\n", policy.display()),
+    )
+    .expect("write");
+    cfg
+}
+
 fn policy_file(text: &str) -> String {
     let dir = temp_dir("cli");
     let path = dir.join("policy.yaml");
@@ -282,12 +294,7 @@ fn run_refuses_an_invalid_policy_at_start() {
     let dir = temp_dir("badpolicy");
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, "version: 1\nrules: 5\n").expect("write");
-    let cfg = dir.join("gateway.yaml");
-    std::fs::write(
-        &cfg,
-        format!("listeners:\n  - {{name: p, kind: connect, address: \"127.0.0.1:0\"}}\nadmin: {{address: \"127.0.0.1:0\"}}\npolicy: {{path: {}}}\n", policy.display()),
-    )
-    .expect("write");
+    let cfg = connect_config(&dir, &policy);
     let out = run(&["run", "--config", cfg.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -498,12 +505,7 @@ fn run_refuses_a_worker_count_that_is_not_a_positive_number() {
     let dir = temp_dir("workers");
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, POLICY).expect("write");
-    let cfg = dir.join("gateway.yaml");
-    std::fs::write(
-        &cfg,
-        format!("listeners:\n  - {{name: p, kind: connect, address: \"127.0.0.1:0\"}}\nadmin: {{address: \"127.0.0.1:0\"}}\npolicy: {{path: {}}}\n", policy.display()),
-    )
-    .expect("write");
+    let cfg = connect_config(&dir, &policy);
     for bad in ["0", "many", "-1"] {
         let out = Command::new(binary())
             .args(["run", "--config", cfg.to_str().expect("utf-8 path")])
