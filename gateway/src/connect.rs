@@ -8,18 +8,19 @@
 //! processed.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use egress_policy::{Action, Identity, IdentitySource, Verdict};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::audit::{AuditRecord, AuditSink, ShadowEntry};
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, ListenerConfig, ListenerKind};
 use crate::dns::Dns;
 use crate::http::{self, Body, ChunkedScanner, ProxyRequest};
 use crate::identity::Identities;
@@ -121,6 +122,26 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ConnectListener>, stop: watch
     .await;
 }
 
+/// Binds a listener of any kind; a TPROXY listener gets `IP_TRANSPARENT` first.
+///
+/// The listening socket has `TCP_NODELAY`, and Linux copies it into every socket it accepts: small
+/// writes (the 200, handshakes, interactive tunnel traffic) go out at once, without a system call
+/// per connection to ask for it.
+pub fn bind(cfg: &ListenerConfig) -> std::io::Result<TcpListener> {
+    let socket = if cfg.address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    if cfg.kind == ListenerKind::Transparent && cfg.tproxy {
+        crate::sys::set_transparent(socket.as_raw_fd(), cfg.address.is_ipv6())?;
+    }
+    socket.bind(cfg.address)?;
+    socket.listen(1024)
+}
+
 /// The accept loop of every listener: hands each connection to `accepted` until `stop` turns
 /// true.
 pub(crate) async fn accept_until_stopped(
@@ -151,8 +172,6 @@ pub(crate) async fn accept_until_stopped(
 }
 
 async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) {
-    // Small writes (the 200, interactive tunnel traffic) go out at once.
-    let _ = client.set_nodelay(true);
     // A connection counts against maxConnections from accept, its TLS handshake included.
     let active = ctx.gateway.conns.enter(&ctx.metrics);
     let Some(store) = ctx.tls.as_ref() else {
@@ -577,4 +596,36 @@ async fn forward_request<S: AsyncRead + Unpin>(
     }
     metrics.bytes_up.inc_by(sent);
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of listener hands out sockets with `TCP_NODELAY` already on: the handlers no
+    /// longer set it themselves.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        for kind in [
+            ListenerKind::Connect,
+            ListenerKind::Transparent,
+            ListenerKind::Sni,
+        ] {
+            let cfg = ListenerConfig {
+                name: "t".to_owned(),
+                kind,
+                address: "127.0.0.1:0".parse().expect("address"),
+                tls: None,
+                upstream_port: 443,
+                tproxy: false,
+            };
+            let listener = bind(&cfg).expect("bind");
+            let addr = listener.local_addr().expect("local address");
+            let client = TcpStream::connect(addr).await.expect("connect");
+            let (accepted, _) = listener.accept().await.expect("accept");
+            assert!(accepted.nodelay().expect("TCP_NODELAY"), "{kind:?}");
+            // The connecting side is not ours to change: only accepted sockets inherit.
+            assert!(!client.nodelay().expect("TCP_NODELAY"));
+        }
+    }
 }

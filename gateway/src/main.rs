@@ -444,11 +444,8 @@ async fn run(
     // Bind everything before reporting ready: a port conflict is a start-up error.
     let mut bound = Vec::new();
     for l in &cfg.listeners {
-        let listener = match l.kind {
-            config::ListenerKind::Connect => tokio::net::TcpListener::bind(l.address).await,
-            _ => transparent::bind(l),
-        }
-        .with_context(|| format!("listener {:?}: cannot bind {}", l.name, l.address))?;
+        let listener = connect::bind(l)
+            .with_context(|| format!("listener {:?}: cannot bind {}", l.name, l.address))?;
         bound.push((l.clone(), listener));
     }
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin)

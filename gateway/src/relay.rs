@@ -324,6 +324,15 @@ fn read_some(src: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     }
 }
 
+/// Whether a short read that followed `ready` has read up to the peer's FIN, so that the next
+/// read would return 0. The peer's FIN (`EPOLLRDHUP`) was known before the read, and a short read
+/// empties the receive queue, so everything before the FIN has been read. After a reset
+/// (`EPOLLERR`) this says nothing, and the next read returns the error. The read it saves is one
+/// system call per direction per connection.
+fn fin_read(ready: tokio::io::Ready) -> bool {
+    ready.is_read_closed() && !ready.is_error()
+}
+
 /// Writes all of `data`, waiting for writability as needed.
 pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
@@ -444,15 +453,19 @@ async fn copy(
     stop_on_bulk: bool,
 ) -> io::Result<Copied> {
     loop {
-        src.readable().await?;
+        let ready = src.ready(Interest::READABLE | Interest::ERROR).await?;
         let mut buf = PooledBuf::take();
         match read_some(src, &mut buf.0) {
             Ok(0) => return Ok(Copied::Eof),
             Ok(n) => {
                 write_all(dst, &buf.0[..n]).await?;
                 account(n);
-                if stop_on_bulk && n == buf.0.capacity() {
+                let full = n == buf.0.capacity();
+                if stop_on_bulk && full {
                     return Ok(Copied::Bulk);
+                }
+                if !full && fin_read(ready) {
+                    return Ok(Copied::Eof);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use egress_policy::{Destination, Host, Verdict};
 use egress_sniff::{sniff, HostHeader, SniName, Sniff};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -85,21 +85,6 @@ impl PeekListener {
     }
 }
 
-/// Binds a listener; a TPROXY listener gets `IP_TRANSPARENT` first.
-pub fn bind(cfg: &ListenerConfig) -> std::io::Result<TcpListener> {
-    let socket = if cfg.address.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    if cfg.kind == ListenerKind::Transparent && cfg.tproxy {
-        crate::sys::set_transparent(socket.as_raw_fd(), cfg.address.is_ipv6())?;
-    }
-    socket.bind(cfg.address)?;
-    socket.listen(1024)
-}
-
 /// Accepts until `stop` turns true.
 pub async fn serve(listener: TcpListener, ctx: Arc<PeekListener>, stop: watch::Receiver<bool>) {
     let name = ctx.name.clone();
@@ -110,7 +95,6 @@ pub async fn serve(listener: TcpListener, ctx: Arc<PeekListener>, stop: watch::R
 }
 
 async fn handle(ctx: Arc<PeekListener>, mut client: TcpStream, peer: SocketAddr) {
-    let _ = client.set_nodelay(true);
     let gw = &*ctx.gateway;
     let active = gw.conns.enter(&ctx.metrics);
     let mut audit = AuditRecord::new(&ctx.name, peer);
@@ -222,15 +206,10 @@ async fn peek(
                 reason: Reason::HeaderTooLarge,
             };
         }
-        // Read straight into `buf`: at most 4 KiB more, never past the cap.
-        let start = buf.len();
-        buf.resize(start + (cap - start).min(4096), 0);
-        let read = tokio::time::timeout_at(deadline, client.read(&mut buf[start..])).await;
-        let got = match read {
-            Ok(Ok(n)) => n,
-            _ => 0,
-        };
-        buf.truncate(start + got);
+        // Read straight into `buf`'s spare room: at most 4 KiB more, never past the cap (the
+        // capacity only grows exactly, and starts below the cap).
+        buf.reserve_exact((cap - buf.len()).min(4096));
+        let read = tokio::time::timeout_at(deadline, read_spare(client, buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return Peeked::Nameless {
                 why: "the client stopped sending before a ClientHello or request head was complete"
@@ -249,6 +228,17 @@ async fn peek(
                     reason: Reason::HeaderTimeout,
                 };
             }
+        }
+    }
+}
+
+/// One read into `buf`'s spare capacity, which is not zeroed first.
+async fn read_spare(client: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    loop {
+        client.readable().await?;
+        match client.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return r,
         }
     }
 }

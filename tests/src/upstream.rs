@@ -15,6 +15,9 @@ pub enum Behaviour {
     Echo,
     /// Send `hello`, half-close, then record what the client still sends.
     GreetThenHalfClose,
+    /// Wait for the client's first bytes, send `hello`, then reset the connection (`SO_LINGER` 0
+    /// and close).
+    GreetThenReset,
     /// Record one HTTP request head and answer `200` with body `ok`, then close.
     Http,
     /// Record everything that arrives until 300 ms of silence, then answer `200` `ok` and close.
@@ -111,6 +114,13 @@ async fn serve(mut conn: TcpStream, behaviour: Behaviour, received: Arc<Mutex<Ve
                 }
             }
         },
+        Behaviour::GreetThenReset => {
+            if matches!(conn.read(&mut buf).await, Ok(n) if n > 0)
+                && conn.write_all(b"hello").await.is_ok()
+            {
+                let _ = conn.set_zero_linger();
+            }
+        }
         Behaviour::GreetThenHalfClose => {
             if conn.write_all(b"hello").await.is_err() || conn.shutdown().await.is_err() {
                 return;

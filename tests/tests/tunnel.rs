@@ -134,6 +134,39 @@ async fn upstream_half_close_still_lets_the_caller_send() {
     assert_eq!(line["rule"], "loopback-callers");
 }
 
+/// Bytes followed by a reset end the tunnel as an error, not as an EOF: the relay takes a short
+/// read after the peer's FIN for the end of the stream, and must not do so after a reset.
+#[tokio::test]
+async fn upstream_reset_after_data_ends_the_tunnel_as_an_error() {
+    let dns = DnsServer::start().await;
+    let up = Upstream::start("127.0.0.1:0", Behaviour::GreetThenReset).await;
+    dns.set("reset.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+
+    let (mut s, r) = connect(
+        "127.0.0.3",
+        gw.proxy,
+        &format!("reset.tunnel.test:{}", up.addr.port()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    s.write_all(b"go").await.expect("write");
+    let mut got = r.rest.clone();
+    let mut buf = [0u8; 16];
+    while let Ok(n) = s.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(b"hello".starts_with(&got), "{got:?}");
+    drop(s);
+    let line = gw
+        .wait_audit("audit line", |v| v["host"] == "reset.tunnel.test")
+        .await;
+    assert_eq!(line["close"], "error", "{line}");
+}
+
 #[tokio::test]
 async fn tls_runs_inside_the_tunnel_and_optimistic_bytes_wait_for_the_tunnel() {
     let dns = DnsServer::start().await;
