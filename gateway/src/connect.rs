@@ -24,7 +24,7 @@ use crate::config::{GatewayConfig, ListenerConfig, ListenerKind};
 use crate::dns::Dns;
 use crate::http::{self, Body, ChunkedScanner, ProxyRequest};
 use crate::identity::Identities;
-use crate::metrics::{ListenerMetrics, Metrics, RuleLabels};
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::policy_store::PolicyStore;
 use crate::reason::{Reason, Reject};
 use crate::relay::{self, Caller, Close, Meters};
@@ -453,7 +453,7 @@ pub(crate) fn decide(
 > {
     let loaded = gw.policy.load();
     let decision = loaded.policy.decide(identity, dest);
-    record_decision(gw, audit, &decision);
+    record_decision(gw, &loaded, audit, &decision);
     if decision.verdict == Verdict::Deny {
         let mut details = match &decision.rule {
             Some(rule) => format!("rule {rule}"),
@@ -498,6 +498,7 @@ pub(crate) async fn dial_allowed(
 /// Puts the decision into the audit line and counts the rule hits.
 pub(crate) fn record_decision(
     gw: &Gateway,
+    loaded: &crate::policy_store::LoadedPolicy,
     audit: &mut AuditRecord,
     decision: &egress_policy::Decision,
 ) {
@@ -505,30 +506,23 @@ pub(crate) fn record_decision(
     audit.reason = Reason::from(decision.reason).as_str();
     audit.rule = decision.rule.as_deref().map(str::to_owned);
     if let Some(rule) = &decision.rule {
-        gw.metrics
-            .rule_hits
-            .get_or_create(&RuleLabels {
-                rule: rule.to_string(),
-                decision: decision.verdict.as_str(),
-            })
-            .inc();
+        let kind = decision.verdict.as_str();
+        loaded
+            .hits
+            .inc(&gw.metrics, decision.rule_index, rule, kind);
     }
     for s in &decision.shadow {
-        let action = s.action.as_str();
         audit.shadow.push(ShadowEntry {
             rule: s.rule.to_string(),
-            action,
+            action: s.action.as_str(),
         });
-        gw.metrics
-            .rule_hits
-            .get_or_create(&RuleLabels {
-                rule: s.rule.to_string(),
-                decision: match s.action {
-                    Action::Allow => "shadow_allow",
-                    Action::Deny => "shadow_deny",
-                },
-            })
-            .inc();
+        let kind = match s.action {
+            Action::Allow => "shadow_allow",
+            Action::Deny => "shadow_deny",
+        };
+        loaded
+            .hits
+            .inc(&gw.metrics, Some(s.rule_index), &s.rule, kind);
     }
 }
 

@@ -7,11 +7,12 @@
 //! watcher misses an event) also reload; an unchanged file (same sha256) is not recompiled.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use egress_policy::{Policy, PolicyErrors};
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -22,6 +23,56 @@ pub struct LoadedPolicy {
     pub policy: Policy,
     pub sha256: String,
     pub loaded_at: SystemTime,
+    /// This policy's handles on `egress_policy_rule_hits`.
+    pub hits: RuleHits,
+}
+
+/// The labels `egress_policy_rule_hits` counts a rule's decisions under.
+pub const HIT_KINDS: [&str; 5] = [
+    "allow",
+    "deny",
+    "audit_allow",
+    "shadow_allow",
+    "shadow_deny",
+];
+
+/// Each rule's hit counters, found in the metric family on the rule's first hit of each kind
+/// and kept with the policy: later hits are an atomic add, with no label built, hashed or looked
+/// up. A series appears only once it is hit, as before.
+pub struct RuleHits {
+    slots: Vec<[OnceLock<Counter>; HIT_KINDS.len()]>,
+}
+
+impl RuleHits {
+    fn new(policy: &Policy) -> Self {
+        RuleHits {
+            slots: policy
+                .rules()
+                .iter()
+                .map(|_| std::array::from_fn(|_| OnceLock::new()))
+                .collect(),
+        }
+    }
+
+    /// Counts one hit of kind `kind` (one of [`HIT_KINDS`]) of the rule `rule`, the policy's
+    /// rule number `index`.
+    pub fn inc(&self, metrics: &Metrics, index: Option<usize>, rule: &str, kind: &'static str) {
+        let slot = HIT_KINDS.iter().position(|k| *k == kind);
+        let cached = match (index.and_then(|i| self.slots.get(i)), slot) {
+            (Some(slots), Some(k)) => Some(&slots[k]),
+            _ => None,
+        };
+        let labels = || RuleLabels {
+            rule: rule.to_owned(),
+            decision: kind,
+        };
+        match cached {
+            Some(cell) => cell
+                .get_or_init(|| metrics.rule_hits.get_or_create(&labels()).clone())
+                .inc(),
+            None => metrics.rule_hits.get_or_create(&labels()).inc(),
+        };
+    }
 }
 
 /// What `/policy` shows.
@@ -70,6 +121,7 @@ fn read_and_compile(path: &Path) -> Result<LoadedPolicy, LoadError> {
     })?;
     let policy = Policy::from_yaml(&text, &path.display().to_string())?;
     Ok(LoadedPolicy {
+        hits: RuleHits::new(&policy),
         policy,
         sha256: sha256_hex(text.as_bytes()),
         loaded_at: SystemTime::now(),
@@ -100,11 +152,15 @@ impl PolicyStore {
     pub fn open(path: Option<PathBuf>, metrics: Arc<Metrics>) -> Result<Arc<Self>, LoadError> {
         let loaded = match &path {
             Some(p) => read_and_compile(p)?,
-            None => LoadedPolicy {
-                policy: Policy::deny_all(),
-                sha256: sha256_hex(b""),
-                loaded_at: SystemTime::now(),
-            },
+            None => {
+                let policy = Policy::deny_all();
+                LoadedPolicy {
+                    hits: RuleHits::new(&policy),
+                    policy,
+                    sha256: sha256_hex(b""),
+                    loaded_at: SystemTime::now(),
+                }
+            }
         };
         metrics.policy_rules.set(loaded.policy.rules().len() as i64);
         metrics.reload("ok");
@@ -154,13 +210,7 @@ impl PolicyStore {
                 // Drop the hit counters of rules that no longer exist: label values stay bounded.
                 for r in old.policy.rules() {
                     if !loaded.policy.rules().iter().any(|n| n.name == r.name) {
-                        for decision in [
-                            "allow",
-                            "deny",
-                            "audit_allow",
-                            "shadow_allow",
-                            "shadow_deny",
-                        ] {
+                        for decision in HIT_KINDS {
                             self.metrics.rule_hits.remove(&RuleLabels {
                                 rule: r.name.to_string(),
                                 decision,
@@ -250,6 +300,44 @@ impl PolicyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Cached hit counters are the family's own series: hits through one policy, through a
+    /// reloaded one and through the uncached path all land in the same sample, and a kind never
+    /// hit has no series.
+    #[test]
+    fn rule_hits_count_into_the_metric_family_across_policies() {
+        let yaml = "version: 1\nrules:\n  - name: a\n    action: allow\n    from: [{cidr: 10.0.0.0/8}]\n    to: [{host: a.test, ports: [443]}]\n  - name: b\n    action: deny\n    from: [{cidr: 10.0.0.0/8}]\n    to: [{host: b.test, ports: [443]}]\n";
+        let metrics = Metrics::new(None);
+        let first = RuleHits::new(&Policy::from_yaml(yaml, "p.yaml").expect("policy"));
+        let reloaded = RuleHits::new(&Policy::from_yaml(yaml, "p.yaml").expect("policy"));
+        first.inc(&metrics, Some(0), "a", "allow");
+        first.inc(&metrics, Some(0), "a", "allow");
+        reloaded.inc(&metrics, Some(0), "a", "allow");
+        first.inc(&metrics, None, "a", "allow");
+        first.inc(&metrics, Some(1), "b", "shadow_deny");
+        // An index past the rules (never made by a decision) still counts, uncached.
+        first.inc(&metrics, Some(7), "b", "shadow_deny");
+        let text = metrics.encode();
+        let sample = |labels: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!("egress_policy_rule_hits_total{{{labels}}} "))
+                })
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            sample("rule=\"a\",decision=\"allow\"").as_deref(),
+            Some("4"),
+            "{text}"
+        );
+        assert_eq!(
+            sample("rule=\"b\",decision=\"shadow_deny\"").as_deref(),
+            Some("2"),
+            "{text}"
+        );
+        assert_eq!(sample("rule=\"a\",decision=\"deny\""), None, "{text}");
+        assert_eq!(sample("rule=\"b\",decision=\"allow\""), None, "{text}");
+    }
 
     fn event(path: &str) -> notify::Event {
         notify::Event::new(notify::EventKind::Any).add_path(PathBuf::from(path))
