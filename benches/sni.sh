@@ -8,7 +8,8 @@
 #                                transparent path.
 #
 # Paths, all to nginx-upstream's TLS 1.3 server on 127.0.0.1:9443 (peers.sh certs, name
-# upstream.test): direct; haproxy-sni 9104 (req_ssl_sni); nginx-sni 9105 (ssl_preread);
+# upstream.test): direct; haproxy-sni 9104 (req_ssl_sni); nginx-sni 9105 (ssl_preread), and the
+# same nginx with proxy_half_close on (9195, a copy of peers.sh's config);
 # egress-gateway sni listener 9202 (upstreamPort 9443); egress-gateway transparent listener 9203,
 # reached by connecting to 127.0.0.1:9443 itself while a REDIRECT rule sends the client's
 # unmarked connections there (the gateway's own dials carry upstream.mark and are exempt).
@@ -104,6 +105,21 @@ for p in haproxy-sni:9104 nginx-sni:9105; do
   tls "${p%%:*}" "${p#*:}" $(peer_pids "${p%%:*}")
   stop_peer "${p%%:*}"
 done
+# nginx-sni again with proxy_half_close on, on 9195: it then relays each side's FIN on its own as
+# the gateway does, instead of closing both sides at the upstream's FIN. That costs it the
+# client's close_notify: one more wake-up, read and send per connection (see docs/benchmarks.md).
+sed 's/listen 127.0.0.1:9105; ssl_preread on;/listen 127.0.0.1:9195; ssl_preread on; proxy_half_close on;/; s/nginx-sni\.nginx\.pid/nginx-sni-half-close.pid/' \
+  "$run/nginx-sni.conf" >"$run/nginx-sni-half-close.conf"
+grep -q 'proxy_half_close on' "$run/nginx-sni-half-close.conf" || die "nginx-sni.conf is not the one sni.sh knows"
+listening 9195 && die "127.0.0.1:9195 is already in use (a previous run?)"
+taskset -c 0 nginx -e stderr -p "$run" -c "$run/nginx-sni-half-close.conf" -g 'daemon off;' \
+  >"$run/nginx-sni-half-close.log" 2>&1 &
+hc_pid=$!
+bg_pids+=("$hc_pid")
+wait_port 9195 20 || die "nginx-sni-half-close does not listen on 9195"
+# shellcheck disable=SC2046
+tls nginx-sni-half-close 9195 "$hc_pid" $(pgrep -P "$hc_pid")
+kill -TERM "$hc_pid"; wait_gone "$hc_pid" 15 || kill -KILL "$hc_pid" 2>/dev/null || true
 
 cat >"$run/sni-policy.yaml" <<'EOF'
 version: 1
