@@ -12,25 +12,14 @@
 # iteration, so bulk copies weigh more here than in time. Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 
-secs=${1:-5}
-case $secs in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
 repo=$(cd "$(dirname "$0")/.." && pwd)
-peers=${PEERS:-$repo/../shared/bench/peers.sh}
-[ -f "$peers" ] || { echo "$0: no peers.sh at $peers (set PEERS)" >&2; exit 2; }
-export BENCH_RUN_DIR=${BENCH_RUN_DIR:-/tmp/egress-bench-peers}
-run=$BENCH_RUN_DIR
-certs=${BENCH_CERTS:-$run/certs}
-mkdir -p "$run"
 # shellcheck source=benches/lib.sh
 . "$repo/benches/lib.sh"
+bench_args "${1:-}" 5
 command -v valgrind >/dev/null || die "needs valgrind (apt-get install valgrind)"
 command -v nginx >/dev/null || "$peers" install
-
 cd "$repo"
-cargo build --release -q -p egress-gateway -p egress-bench
-bin=$repo/target/release
-[ -f "$certs/ca.crt" ] && openssl x509 -checkend 3600 -noout -in "$certs/server.crt" >/dev/null 2>&1 \
-  || "$peers" certs "$certs" >/dev/null
+release_build
 
 vg_pid=""
 cleanup() { [ -z "$vg_pid" ] || kill -KILL "$vg_pid" 2>/dev/null || true; stop_all; }

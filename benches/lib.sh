@@ -1,4 +1,24 @@
-# Shell helpers shared by benches/run.sh and benches/sni.sh (sourced; needs $run and $peers).
+# shellcheck shell=bash
+# Shell helpers shared by benches/run.sh, sni.sh and instructions.sh (sourced; the functions need
+# $run and $peers, which bench_args sets).
+
+bench_args() { # "$1" default: sets secs (SECONDS from $1, else the default), peers, run, certs
+  secs=${1:-$2}
+  case $secs in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
+  peers=${PEERS:-$repo/../shared/bench/peers.sh}
+  [ -f "$peers" ] || { echo "$0: no peers.sh at $peers (set PEERS)" >&2; exit 2; }
+  export BENCH_RUN_DIR=${BENCH_RUN_DIR:-/tmp/egress-bench-peers}
+  run=$BENCH_RUN_DIR
+  certs=${BENCH_CERTS:-$run/certs}
+  mkdir -p "$run"
+}
+release_build() { # release builds of the gateway and egress-bench (sets bin), peers.sh's certificates
+  (cd "$repo" && cargo build --release -q -p egress-gateway -p egress-bench)
+  bin=$repo/target/release
+  if ! { [ -f "$certs/ca.crt" ] && openssl x509 -checkend 3600 -noout -in "$certs/server.crt" >/dev/null 2>&1; }; then
+    "$peers" certs "$certs" >/dev/null
+  fi
+}
 
 log() { echo "$(basename "$0"): $*" >&2; }
 die() { log "$*"; exit 1; }

@@ -25,35 +25,25 @@
 # Pinning: proxies on CPU 0, client and upstreams on CPU 1, as in run.sh.
 set -euo pipefail
 
-secs=${1:-10}
-case $secs in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
 repo=$(cd "$(dirname "$0")/.." && pwd)
-peers=${PEERS:-$repo/../shared/bench/peers.sh}
-[ -f "$peers" ] || { echo "$0: no peers.sh at $peers (set PEERS)" >&2; exit 2; }
-export BENCH_RUN_DIR=${BENCH_RUN_DIR:-/tmp/egress-bench-peers}
-run=$BENCH_RUN_DIR
-certs=${BENCH_CERTS:-$run/certs}
+# shellcheck source=benches/lib.sh
+. "$repo/benches/lib.sh"
+bench_args "${1:-}" 10
 concurrency=${CONCURRENCY:-50}
 sources=${SOURCES:-16}
 mark=0x2000
 client_mark=0x4000
-mkdir -p "$run"
 clientlog=$run/sni-client.log
 : >"$clientlog"
 ulimit -n 65536 2>/dev/null || true
-# shellcheck source=benches/lib.sh
-. "$repo/benches/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "needs root for the transparent path's iptables rules"
 command -v iptables >/dev/null || die "needs iptables (apt-get install iptables)"
 command -v haproxy >/dev/null && command -v nginx >/dev/null || "$peers" install
 
 cd "$repo"
-cargo build --release -q -p egress-gateway -p egress-bench
-bin=$repo/target/release
+release_build
 client() { taskset -c 1 "$bin/egress-bench" "$@" 2>>"$clientlog"; }
-[ -f "$certs/ca.crt" ] && openssl x509 -checkend 3600 -noout -in "$certs/server.crt" >/dev/null 2>&1 \
-  || "$peers" certs "$certs" >/dev/null
 
 rules=()
 cleanup() {
