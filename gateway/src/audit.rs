@@ -110,70 +110,71 @@ impl AuditRecord {
         out.extend_from_slice(b"{\"ts\":\"");
         let _ = write!(out, "{}", humantime::format_rfc3339_millis(self.ts.0));
         out.push(b'"');
-        out.extend_from_slice(b",\"listener\":");
+        json_key(out, "listener");
         json_str(out, &self.listener);
-        out.extend_from_slice(b",\"decision\":");
+        json_key(out, "decision");
         json_str(out, self.decision);
-        out.extend_from_slice(b",\"reason\":");
+        json_key(out, "reason");
         json_str(out, self.reason);
-        for (key, value) in [
-            (&b",\"rule\":"[..], &self.rule),
-            (b",\"identity\":", &self.identity),
-        ] {
-            out.extend_from_slice(key);
-            json_opt_str(out, value.as_deref());
-        }
-        out.extend_from_slice(b",\"identity_source\":");
+        json_key(out, "rule");
+        json_opt_str(out, self.rule.as_deref());
+        json_key(out, "identity");
+        json_opt_str(out, self.identity.as_deref());
+        json_key(out, "identity_source");
         json_str(out, self.identity_source);
-        for (key, value) in [
-            (&b",\"namespace\":"[..], &self.namespace),
-            (b",\"service_account\":", &self.service_account),
-            (b",\"pod\":", &self.pod),
-        ] {
-            out.extend_from_slice(key);
-            json_opt_str(out, value.as_deref());
-        }
-        out.extend_from_slice(b",\"source\":");
+        json_key(out, "namespace");
+        json_opt_str(out, self.namespace.as_deref());
+        json_key(out, "service_account");
+        json_opt_str(out, self.service_account.as_deref());
+        json_key(out, "pod");
+        json_opt_str(out, self.pod.as_deref());
+        json_key(out, "source");
         json_str(out, &self.source);
-        out.extend_from_slice(b",\"host\":");
+        json_key(out, "host");
         json_opt_str(out, self.host.as_deref());
-        out.extend_from_slice(b",\"port\":");
+        json_key(out, "port");
         match self.port {
             Some(p) => push_decimal(out, u64::from(p)),
             None => out.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(b",\"upstream\":");
+        json_key(out, "upstream");
         json_opt_str(out, self.upstream.as_deref());
-        for (key, n) in [
-            (&b",\"bytes_up\":"[..], self.bytes_up),
-            (b",\"bytes_down\":", self.bytes_down),
-            (b",\"duration_ms\":", self.duration_ms),
-        ] {
-            out.extend_from_slice(key);
-            push_decimal(out, n);
-        }
-        out.extend_from_slice(b",\"shadow\":[");
+        json_key(out, "bytes_up");
+        push_decimal(out, self.bytes_up);
+        json_key(out, "bytes_down");
+        push_decimal(out, self.bytes_down);
+        json_key(out, "duration_ms");
+        push_decimal(out, self.duration_ms);
+        json_key(out, "shadow");
+        out.push(b'[');
         for (i, s) in self.shadow.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"rule\":");
             json_str(out, &s.rule);
-            out.extend_from_slice(b",\"action\":");
+            json_key(out, "action");
             json_str(out, s.action);
             out.push(b'}');
         }
         out.push(b']');
         if let Some(close) = self.close {
-            out.extend_from_slice(b",\"close\":");
+            json_key(out, "close");
             json_str(out, close);
         }
         if let Some(details) = &self.details {
-            out.extend_from_slice(b",\"details\":");
+            json_key(out, "details");
             json_str(out, details);
         }
         out.push(b'}');
     }
+}
+
+/// `,"key":` before every field but the first; keys need no escaping.
+fn json_key(out: &mut Vec<u8>, key: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
 }
 
 fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {

@@ -308,7 +308,7 @@ fn millis_since(epoch: Instant) -> u64 {
 
 /// One read into `buf`'s spare capacity. A short read means the socket had nothing more: the
 /// readiness is cleared then (as tokio's own `poll_read` does), so the next wait is for new data.
-fn read_some(src: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+pub(crate) fn read_some(src: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut got = None;
     let r = src.try_io(Interest::READABLE, || {
         let n = src.try_read_buf(buf)?;

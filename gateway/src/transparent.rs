@@ -236,7 +236,7 @@ async fn peek(
 async fn read_spare(client: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     loop {
         client.readable().await?;
-        match client.try_read_buf(buf) {
+        match crate::relay::read_some(client, buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             r => return r,
         }
