@@ -2,7 +2,8 @@
 # User-space instructions per connection, gateway sni listener against nginx ssl_preread, counted
 # by valgrind's callgrind: a figure that does not move with the machine's load, unlike CPU time.
 #
-#   benches/instructions.sh [SECONDS]    SECONDS of sequential TLS connections per proxy (default 5)
+#   benches/instructions.sh [SECONDS]    SECONDS of sequential TLS connections per proxy (default 5).
+#                                        Root: sni.sh's gateway config sets upstream.mark (SO_MARK).
 #
 # Each proxy runs under callgrind (nginx as one process: master_process off), pinned to CPU 0;
 # its counters are zeroed once it listens, the sequential client of sni.sh (one worker, TLS 1.3
@@ -16,6 +17,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benches/lib.sh
 . "$repo/benches/lib.sh"
 bench_args "${1:-}" 5
+[ "$(id -u)" = 0 ] || die "needs root: the gateway's config sets upstream.mark"
 command -v valgrind >/dev/null || die "needs valgrind (apt-get install valgrind)"
 command -v nginx >/dev/null || "$peers" install
 cd "$repo"
@@ -31,27 +33,8 @@ start_peer nginx-upstream 9443
 # under callgrind as a single process.
 start_peer nginx-sni 9105
 stop_peer nginx-sni
-cat >"$run/instr-policy.yaml" <<'YAML'
-version: 1
-rules:
-  - name: bench
-    action: allow
-    from:
-      - cidr: 127.0.0.0/8
-    to:
-      - host: upstream.test
-        ports: [9443]
-        allowPrivateAddresses: true
-YAML
-cat >"$run/instr-gateway.yaml" <<YAML
-listeners:
-  - {name: sni, kind: sni, address: "127.0.0.1:9202", upstreamPort: 9443}
-policy: {path: $run/instr-policy.yaml}
-dns: {hosts: {upstream.test: [127.0.0.1]}}
-limits: {maxConnections: 1000000}
-admin: {address: "127.0.0.1:9902"}
-log: {format: text, level: warn}
-YAML
+# sni.sh's gateway config (its transparent listener stays unused here).
+write_sni_gateway_config 0x2000
 
 declare -A IR
 count() { # name port command...: instructions per connection of COMMAND while the client runs
@@ -83,7 +66,7 @@ count() { # name port command...: instructions per connection of COMMAND while t
 }
 
 count nginx-sni 9105 nginx -e stderr -p "$run" -c "$run/nginx-sni.conf" -g 'daemon off; master_process off;'
-count egress-gateway-sni 9202 "$bin/egress-gateway" run --config "$run/instr-gateway.yaml"
+count egress-gateway-sni 9202 "$bin/egress-gateway" run --config "$run/sni-gateway.yaml"
 
 {
   echo

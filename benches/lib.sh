@@ -26,6 +26,35 @@ field() { # line n: the n-th word of a result line, or n/a
   local v; v=$(awk -v n="$2" '{print $n}' <<<"$1"); echo "${v:-n/a}"
 }
 envoy_bin() { echo "${ENVOY:-$(ls "$run"/envoy-venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -1)}"; }
+write_sni_gateway_config() { # mark: $run/sni-gateway.yaml and its policy, for sni.sh and instructions.sh
+  # sni listener 9202 (upstreamPort 9443), transparent listener 9203; upstream.test allowed on 9443,
+  # 127.0.0.1:9001 (the discard upstream) by address.
+  cat >"$run/sni-policy.yaml" <<'EOF'
+version: 1
+rules:
+  - name: bench
+    action: allow
+    from:
+      - cidr: 127.0.0.0/8
+    to:
+      - host: upstream.test
+        ports: [9443]
+        allowPrivateAddresses: true
+      - cidr: 127.0.0.1/32
+        ports: [9001]
+EOF
+  cat >"$run/sni-gateway.yaml" <<EOF
+listeners:
+  - {name: sni, kind: sni, address: "127.0.0.1:9202", upstreamPort: 9443}
+  - {name: transparent, kind: transparent, address: "127.0.0.1:9203"}
+policy: {path: $run/sni-policy.yaml}
+dns: {hosts: {upstream.test: [127.0.0.1]}}
+upstream: {mark: $1}
+limits: {maxConnections: 1000000}
+admin: {address: "127.0.0.1:9902"}
+log: {format: text, level: warn}
+EOF
+}
 alive() { # pid: running and not a zombie
   local s; s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
   case $s in Z*) return 1 ;; *) return 0 ;; esac

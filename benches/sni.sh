@@ -111,31 +111,7 @@ wait_port 9195 20 || die "nginx-sni-half-close does not listen on 9195"
 tls nginx-sni-half-close 9195 "$hc_pid" $(pgrep -P "$hc_pid")
 kill -TERM "$hc_pid"; wait_gone "$hc_pid" 15 || kill -KILL "$hc_pid" 2>/dev/null || true
 
-cat >"$run/sni-policy.yaml" <<'EOF'
-version: 1
-rules:
-  - name: bench
-    action: allow
-    from:
-      - cidr: 127.0.0.0/8
-    to:
-      - host: upstream.test
-        ports: [9443]
-        allowPrivateAddresses: true
-      - cidr: 127.0.0.1/32
-        ports: [9001]
-EOF
-cat >"$run/sni-gateway.yaml" <<EOF
-listeners:
-  - {name: sni, kind: sni, address: "127.0.0.1:9202", upstreamPort: 9443}
-  - {name: transparent, kind: transparent, address: "127.0.0.1:9203"}
-policy: {path: $run/sni-policy.yaml}
-dns: {hosts: {upstream.test: [127.0.0.1]}}
-upstream: {mark: $mark}
-limits: {maxConnections: 1000000}
-admin: {address: "127.0.0.1:9902"}
-log: {format: text, level: warn}
-EOF
+write_sni_gateway_config "$mark"
 start_gateway "$run/sni-gateway.yaml" 9202
 tls egress-gateway-sni 9202 "$gw_pid"
 redirect 9443 9203 "! --mark $mark"   # all but the gateway's own dials
