@@ -117,7 +117,7 @@ pub struct ConnectListener {
 pub async fn serve(listener: TcpListener, ctx: Arc<ConnectListener>, stop: watch::Receiver<bool>) {
     let name = ctx.name.clone();
     accept_until_stopped(listener, &name, stop, |stream, peer| {
-        tokio::spawn(handle(Arc::clone(&ctx), stream, peer));
+        tokio::spawn(Box::pin(handle(Arc::clone(&ctx), stream, peer)));
     })
     .await;
 }

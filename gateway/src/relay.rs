@@ -14,12 +14,10 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::sys::{shutdown_write, Pipe};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
-
-use crate::sys::{shutdown_write, Pipe};
 
 /// Bytes read per readiness burst in copy mode.
 const CHUNK: usize = 32 * 1024;
@@ -172,21 +170,20 @@ async fn relay_streams<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stop: impl std::future::Future<Output = Close>,
     meters: Meters<'_>,
 ) -> Relayed {
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
+    let last = Activity::now();
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = upstream.split();
     let close = {
         let both = async {
             tokio::try_join!(
-                copy_stream(&mut cr, &mut uw, &up, meters.up, &last, epoch),
-                copy_stream(&mut ur, &mut cw, &down, meters.down, &last, epoch),
+                copy_stream(&mut cr, &mut uw, &up, meters.up, &last),
+                copy_stream(&mut ur, &mut cw, &down, meters.down, &last),
             )
         };
         tokio::select! {
             r = both => if r.is_ok() { Close::Eof } else { Close::Error },
-            () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
+            () = last.idle_for(idle) => Close::IdleTimeout,
             c = stop => c,
         }
     };
@@ -204,12 +201,11 @@ async fn relay_streams_down<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stop: impl std::future::Future<Output = Close>,
     counter: &Counter,
 ) -> (u64, Close) {
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
+    let last = Activity::now();
     let down = AtomicU64::new(0);
     let close = tokio::select! {
-        r = copy_stream(upstream, client, &down, counter, &last, epoch) => if r.is_ok() { Close::Eof } else { Close::Error },
-        () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
+        r = copy_stream(upstream, client, &down, counter, &last) => if r.is_ok() { Close::Eof } else { Close::Error },
+        () = last.idle_for(idle) => Close::IdleTimeout,
         c = stop => c,
     };
     (down.into_inner(), close)
@@ -222,8 +218,7 @@ async fn copy_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     dst: &mut W,
     total: &AtomicU64,
     counter: &Counter,
-    last: &AtomicU64,
-    epoch: Instant,
+    last: &Activity,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -236,7 +231,7 @@ async fn copy_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         dst.flush().await?;
         total.fetch_add(n as u64, Ordering::Relaxed);
         counter.inc_by(n as u64);
-        last.store(millis_since(epoch), Ordering::Relaxed);
+        last.touch();
     }
 }
 
@@ -249,28 +244,19 @@ pub async fn relay(
     stop: impl std::future::Future<Output = Close>,
     meters: Meters<'_>,
 ) -> Relayed {
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
+    let last = Activity::now();
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let one_done = AtomicBool::new(false);
     let close = {
         let both = async {
             tokio::try_join!(
-                pump(client, upstream, &up, meters.up, &last, epoch, &one_done),
-                pump(
-                    upstream,
-                    client,
-                    &down,
-                    meters.down,
-                    &last,
-                    epoch,
-                    &one_done
-                ),
+                pump(client, upstream, &up, meters.up, &last, &one_done),
+                pump(upstream, client, &down, meters.down, &last, &one_done),
             )
         };
         tokio::select! {
             r = both => if r.is_ok() { Close::Eof } else { Close::Error },
-            () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
+            () = last.idle_for(idle) => Close::IdleTimeout,
             c = stop => c,
         }
     };
@@ -289,21 +275,43 @@ pub async fn relay_down(
     stop: impl std::future::Future<Output = Close>,
     counter: &Counter,
 ) -> (u64, Close) {
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
+    let last = Activity::now();
     let down = AtomicU64::new(0);
     // One direction only: its EOF always half-closes the caller.
     let only_one = AtomicBool::new(false);
     let close = tokio::select! {
-        r = pump(upstream, client, &down, counter, &last, epoch, &only_one) => if r.is_ok() { Close::Eof } else { Close::Error },
-        () = idle_watch(&last, epoch, idle) => Close::IdleTimeout,
+        r = pump(upstream, client, &down, counter, &last, &only_one) => if r.is_ok() { Close::Eof } else { Close::Error },
+        () = last.idle_for(idle) => Close::IdleTimeout,
         c = stop => c,
     };
     (down.into_inner(), close)
 }
 
-fn millis_since(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+/// When a tunnel last moved bytes, in milliseconds of the coarse monotonic clock: read at every
+/// relayed chunk, so it must be cheap, and an idle timeout needs no finer grain than its tick.
+struct Activity(AtomicU64);
+
+impl Activity {
+    fn now() -> Self {
+        Activity(AtomicU64::new(crate::sys::coarse_millis()))
+    }
+
+    fn touch(&self) {
+        self.0.store(crate::sys::coarse_millis(), Ordering::Relaxed);
+    }
+
+    /// Returns once no bytes have moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let due = self.0.load(Ordering::Relaxed).saturating_add(idle_ms);
+            let now = crate::sys::coarse_millis();
+            if now >= due {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(due - now)).await;
+        }
+    }
 }
 
 /// One read into `buf`'s spare capacity. A short read means the socket had nothing more: the
@@ -356,8 +364,7 @@ async fn pump(
     dst: &TcpStream,
     total: &AtomicU64,
     counter: &Counter,
-    last: &AtomicU64,
-    epoch: Instant,
+    last: &Activity,
     one_done: &AtomicBool,
 ) -> io::Result<()> {
     let finish = || {
@@ -370,7 +377,7 @@ async fn pump(
     let account = |n: usize| {
         total.fetch_add(n as u64, Ordering::Relaxed);
         counter.inc_by(n as u64);
-        last.store(millis_since(epoch), Ordering::Relaxed);
+        last.touch();
     };
     // Copy mode: small exchanges (requests, handshakes) never pay for a pipe.
     if copy(src, dst, &account, true).await? == Copied::Eof {
@@ -471,17 +478,5 @@ async fn copy(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
-    }
-}
-
-async fn idle_watch(last: &AtomicU64, epoch: Instant, idle: Duration) {
-    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-    loop {
-        let due = last.load(Ordering::Relaxed).saturating_add(idle_ms);
-        let now = millis_since(epoch);
-        if now >= due {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(due - now)).await;
     }
 }

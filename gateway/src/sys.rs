@@ -1,12 +1,28 @@
-//! The few socket system calls no safe crate offers here: `splice(2)` through a pipe, for
-//! zero-copy relaying of bulk data, and `shutdown(2)` on a shared socket reference.
+//! The few system calls no safe crate offers here: `splice(2)` through a pipe, for
+//! zero-copy relaying of bulk data, `shutdown(2)` on a shared socket reference, and the coarse
+//! monotonic clock.
 //!
 //! Every `unsafe` block is a plain syscall on file descriptors this module owns or borrows for
-//! the duration of the call.
+//! the duration of the call, or a read of a clock into a local value.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Milliseconds on `CLOCK_MONOTONIC_COARSE`, the monotonic clock as of its last tick (a few
+/// milliseconds old at most). The vDSO answers it from memory, without reading the clock source.
+pub fn coarse_millis() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    debug_assert_eq!(rc, 0, "CLOCK_MONOTONIC_COARSE exists since Linux 2.6.32");
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000_000;
+    secs.saturating_mul(1000).saturating_add(millis)
+}
 
 /// Pipe capacity for spliced tunnels (the kernel default is 64 KiB).
 const PIPE_SIZE: libc::c_int = 256 * 1024;
@@ -177,5 +193,27 @@ pub fn set_transparent(socket: RawFd, ipv6: bool) -> io::Result<()> {
         set_int_option(socket, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)
     } else {
         set_int_option(socket, libc::SOL_IP, libc::IP_TRANSPARENT, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coarse_millis;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_coarse_clock_follows_the_monotonic_one_within_its_tick() {
+        // The tick is one jiffy: 10 ms at the slowest kernel rate (HZ=100).
+        const TICK_MS: u64 = 10;
+        let (c0, i0) = (coarse_millis(), Instant::now());
+        std::thread::sleep(Duration::from_millis(50));
+        let (c1, elapsed) = (coarse_millis(), i0.elapsed());
+        let elapsed = u64::try_from(elapsed.as_millis()).expect("50 ms fits in u64");
+        assert!(c1 >= c0, "the coarse clock went back: {c0} then {c1}");
+        let moved = c1 - c0;
+        assert!(
+            moved + TICK_MS >= elapsed && moved <= elapsed + TICK_MS,
+            "coarse clock moved {moved} ms while {elapsed} ms passed"
+        );
     }
 }

@@ -89,7 +89,7 @@ impl PeekListener {
 pub async fn serve(listener: TcpListener, ctx: Arc<PeekListener>, stop: watch::Receiver<bool>) {
     let name = ctx.name.clone();
     crate::connect::accept_until_stopped(listener, &name, stop, |stream, peer| {
-        tokio::spawn(handle(Arc::clone(&ctx), stream, peer));
+        tokio::spawn(Box::pin(handle(Arc::clone(&ctx), stream, peer)));
     })
     .await;
 }

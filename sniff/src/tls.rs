@@ -219,7 +219,8 @@ fn parse_client_hello(message: &[u8]) -> Result<Hello, Reason> {
 
 fn parse_extensions(extensions: &[u8], hello: &mut Hello) -> Result<(), Reason> {
     let mut r = Reader::new(extensions);
-    let mut seen = Vec::new();
+    // Every extension takes at least four bytes (type and length): one allocation holds them all.
+    let mut seen = Vec::with_capacity(extensions.len() / 4);
     while !r.is_empty() {
         let (Some(kind), Some(data)) = (r.u16(), r.vec16()) else {
             return Err("an extension overruns the extensions block");
