@@ -186,6 +186,15 @@ pub fn set_mark(socket: RawFd, mark: u32) -> io::Result<()> {
     set_int_option(socket, libc::SOL_SOCKET, libc::SO_MARK, mark as libc::c_int)
 }
 
+/// `IP_BIND_ADDRESS_NO_PORT` on a socket about to be bound to a source address with port 0: the
+/// kernel then picks the port at `connect()`, for the whole four-tuple, so one local port serves
+/// every destination. Without it `bind()` reserves a port of its own, and all upstream
+/// connections together share the ~28,000 ports of `ip_local_port_range`. Also applies to IPv6
+/// sockets.
+pub fn set_bind_address_no_port(socket: RawFd) -> io::Result<()> {
+    set_int_option(socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
+}
+
 /// `IP_TRANSPARENT` (`IPV6_TRANSPARENT`) on a listening socket, for TPROXY: it may then accept
 /// connections addressed to any IP (needs `CAP_NET_ADMIN`).
 pub fn set_transparent(socket: RawFd, ipv6: bool) -> io::Result<()> {

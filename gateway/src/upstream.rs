@@ -155,12 +155,7 @@ pub async fn dial(
                 let _ = stream.set_nodelay(true);
                 return Ok((stream, target));
             }
-            Ok(Err(e)) => {
-                last = Some(Reject::new(
-                    Reason::UpstreamRefused,
-                    format!("{target}: {e}"),
-                ))
-            }
+            Ok(Err(e)) => last = Some(Reject::new(Reason::UpstreamRefused, dial_error(target, &e))),
             Err(_) => {
                 return Err(Reject::new(
                     Reason::UpstreamTimeout,
@@ -170,6 +165,20 @@ pub async fn dial(
         }
     }
     Err(last.unwrap_or_else(|| Reject::new(Reason::UpstreamRefused, "no address to dial")))
+}
+
+/// Why a dial failed, for the audit line. A local port shortage is this host's limit, not the
+/// upstream's answer, and says which settings raise it.
+fn dial_error(target: SocketAddr, e: &std::io::Error) -> String {
+    if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+        format!(
+            "{target}: no free local port toward this destination ({e}): every port of \
+             net.ipv4.ip_local_port_range is in use or in TIME_WAIT toward it; widen the range \
+             or enable net.ipv4.tcp_tw_reuse"
+        )
+    } else {
+        format!("{target}: {e}")
+    }
 }
 
 fn open_socket(cfg: &UpstreamConfig, ip: IpAddr) -> Result<TcpSocket, Reject> {
@@ -193,6 +202,9 @@ fn open_socket(cfg: &UpstreamConfig, ip: IpAddr) -> Result<TcpSocket, Reject> {
                 format!("{ip}: bindAddress {bind} is of the other address family"),
             ));
         }
+        use std::os::fd::AsRawFd;
+        crate::sys::set_bind_address_no_port(socket.as_raw_fd())
+            .map_err(|e| fail("IP_BIND_ADDRESS_NO_PORT", e))?;
         socket
             .bind(SocketAddr::new(bind, 0))
             .map_err(|e| fail("bind", e))?;

@@ -821,3 +821,21 @@ def test_inconsistent_values_are_refused_by_the_templates(values: dict[str, Any]
     message = render_error(values)
     for name in names:
         assert name in message, message
+
+
+def test_sysctls_widen_the_local_ports_and_stay_off_the_node() -> None:
+    default = render_set("default").pod_spec["securityContext"]
+    # Kubernetes' "safe" set: allowed by the baseline and restricted Pod Security levels.
+    assert default["sysctls"] == [{"name": "net.ipv4.ip_local_port_range", "value": "1024 65535"}]
+    # A null value leaves a key out; none left, no sysctls at all.
+    none = render({"sysctls": {"net.ipv4.ip_local_port_range": None}}).pod_spec["securityContext"]
+    assert "sysctls" not in none
+    more = render({"sysctls": {"net.ipv4.tcp_tw_reuse": 1}}).pod_spec["securityContext"]
+    assert more["sysctls"] == [
+        {"name": "net.ipv4.ip_local_port_range", "value": "1024 65535"},
+        {"name": "net.ipv4.tcp_tw_reuse", "value": "1"},
+    ]
+    # Under hostNetwork the Pod has the node's network namespace: Kubernetes refuses namespaced
+    # network sysctls there, and the node's settings are not the chart's to change.
+    assert "sysctls" not in render_set("host-network").pod_spec["securityContext"]
+    assert "'Not A Sysctl' does not match pattern" in render_error({"sysctls": {"Not A Sysctl": "1"}})

@@ -608,3 +608,132 @@ log: {{format: json, level: info}}
     drop(lab);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Accepts connections and keeps them open until the test ends.
+fn hold_connections(listener: std::net::TcpListener) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+}
+
+/// A `CONNECT` tunnel from inside namespace `name`, from `source` (an explicit port, so that
+/// the caller's side takes no port of `ip_local_port_range`); the stream and the status code.
+async fn tunnel_from(
+    lab: &Lab,
+    name: &str,
+    source: SocketAddr,
+    proxy: SocketAddr,
+    target: &str,
+) -> (tokio::net::TcpStream, u16) {
+    let socket = lab.inside(name, move || {
+        let s = tokio::net::TcpSocket::new_v4()?;
+        s.bind(source)?;
+        Ok(s)
+    });
+    let mut s = socket.connect(proxy).await.expect("connect to the gateway");
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("write CONNECT");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    (s, status)
+}
+
+/// With `bindAddress`, the local port of an upstream connection is chosen at `connect()` for its
+/// whole four-tuple: when every port of a (four-port) `ip_local_port_range` is held toward one
+/// upstream, another upstream is still reachable; one more dial to the first is refused with
+/// details that name the shortage and what raises the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_address_shares_local_ports_across_destinations_and_names_a_shortage() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED the local-port network-namespace test: {why}");
+        return;
+    }
+    let mut lab = Lab::new("p");
+    lab.add("host");
+    lab.sh(
+        "host",
+        "sysctl -qw net.ipv4.ip_local_port_range='40000 40003'",
+    );
+    let l = lab.inside("host", || std::net::TcpListener::bind("127.0.0.1:7001"));
+    hold_connections(l);
+    let l = lab.inside("host", || std::net::TcpListener::bind("127.0.0.1:7002"));
+    hold_connections(l);
+    let policy = r#"version: 1
+rules:
+  - name: ports
+    action: allow
+    from:
+      - cidr: 127.0.0.0/8
+    to:
+      - host: a.test
+        ports: [7001]
+        allowPrivateAddresses: true
+      - host: b.test
+        ports: [7002]
+        allowPrivateAddresses: true
+"#;
+    let gw = Gateway::start_full(
+        policy,
+        |policy| {
+            format!(
+                r#"listeners:
+  - {{name: proxy, kind: connect, address: "127.0.0.1:3128"}}
+admin: {{address: "127.0.0.1:9901"}}
+policy: {{path: {}}}
+dns: {{hosts: {{a.test: ["127.0.0.1"], b.test: ["127.0.0.1"]}}}}
+upstream: {{bindAddress: 127.0.0.1, connectTimeout: 2s}}
+log: {{format: json, level: info}}
+"#,
+                policy.display()
+            )
+        },
+        Some(&lab.ns("host")),
+    )
+    .await;
+    let source = |port: u16| SocketAddr::from(([127, 0, 0, 2], port));
+
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let (s, status) =
+            tunnel_from(&lab, "host", source(50_000 + i), gw.proxy, "a.test:7001").await;
+        assert_eq!(status, 200, "tunnel {i} to a.test");
+        held.push(s);
+    }
+    // Every local port is now taken toward a.test:7001, none toward b.test:7002.
+    let (_b, status) = tunnel_from(&lab, "host", source(50_010), gw.proxy, "b.test:7002").await;
+    assert_eq!(status, 200, "another destination shares the local ports");
+
+    let (_s, status) = tunnel_from(&lab, "host", source(50_020), gw.proxy, "a.test:7001").await;
+    assert_eq!(status, 502);
+    let line = gw
+        .wait_audit("the refused dial", |a| a["decision"] == "deny")
+        .await;
+    assert_eq!(line["reason"], "upstream_refused");
+    let details = line["details"].as_str().expect("details");
+    assert!(
+        details.contains("no free local port toward this destination")
+            && details.contains("ip_local_port_range"),
+        "{details}"
+    );
+    drop(held);
+    drop(gw);
+    drop(lab);
+}
