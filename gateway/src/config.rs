@@ -170,6 +170,8 @@ struct RawKubernetes {
     namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     label_selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_staleness: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -407,6 +409,9 @@ pub struct KubernetesConfig {
     pub kubeconfig: Option<PathBuf>,
     pub namespace: Option<String>,
     pub label_selector: Option<String>,
+    /// How long the last known Pods may still be trusted while the watch is failing; `None`:
+    /// for as long as it fails.
+    pub max_staleness: Option<Duration>,
 }
 
 /// A Kubernetes namespace name: an RFC 1123 label.
@@ -636,6 +641,7 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
             kubeconfig: k.kubeconfig,
             namespace: k.namespace,
             label_selector: k.label_selector,
+            max_staleness: k.max_staleness.map(|d| d.0),
         })
     } else {
         None
@@ -813,6 +819,13 @@ mod tests {
             .kubernetes
             .is_none());
         let bad = "identity:\n  kubernetes:\n    enabled: true\n    namespace: Bad_NS\n";
+        assert!(parse(bad, &[]).is_err());
+        let stale = "identity:\n  kubernetes:\n    enabled: true\n    maxStaleness: 2m\n";
+        let k = parse(stale, &[]).expect("valid").kubernetes.expect("on");
+        assert_eq!(k.max_staleness, Some(Duration::from_secs(120)));
+        let c = parse("identity:\n  kubernetes:\n    enabled: true\n", &[]).expect("valid");
+        assert_eq!(c.kubernetes.expect("on").max_staleness, None);
+        let bad = "identity:\n  kubernetes:\n    enabled: true\n    maxStaleness: soon\n";
         assert!(parse(bad, &[]).is_err());
     }
 }

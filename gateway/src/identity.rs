@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use egress_pods::{Lookup, PodCache, PodIdentity};
 use egress_policy::{canonical_ip, Identity, IdentitySource};
@@ -15,6 +16,8 @@ pub struct Identities {
     /// Most specific range first, so the longest prefix wins.
     statics: Vec<StaticIdentity>,
     pods: Option<Arc<PodCache>>,
+    /// `identity.kubernetes.maxStaleness`.
+    max_staleness: Option<Duration>,
     trust_domain: String,
 }
 
@@ -29,12 +32,14 @@ impl Identities {
     pub fn new(
         mut statics: Vec<StaticIdentity>,
         pods: Option<Arc<PodCache>>,
+        max_staleness: Option<Duration>,
         trust_domain: String,
     ) -> Self {
         statics.sort_by_key(|e| std::cmp::Reverse(e.cidr.prefix_len()));
         Identities {
             statics,
             pods,
+            max_staleness,
             trust_domain,
         }
     }
@@ -43,6 +48,17 @@ impl Identities {
         let ip = canonical_ip(source);
         if let Some(pods) = &self.pods {
             match pods.lookup(ip) {
+                // Fail closed once the map is too old to trust: the address may have gone to
+                // another Pod meanwhile.
+                Lookup::Pod(_) if self.too_stale(pods) => {
+                    return Identified {
+                        identity: Identity::anonymous(Some(ip)),
+                        note: Some(
+                            "Pod identity withheld: the Pod watch has been failing for longer \
+                             than identity.kubernetes.maxStaleness",
+                        ),
+                    }
+                }
                 Lookup::Pod(pod) => {
                     return Identified {
                         identity: self.pod_identity(&pod, ip),
@@ -67,6 +83,13 @@ impl Identities {
         Identified {
             identity,
             note: None,
+        }
+    }
+
+    fn too_stale(&self, pods: &PodCache) -> bool {
+        match (self.max_staleness, pods.failing_for()) {
+            (Some(max), Some(failing)) => failing > max,
+            _ => false,
         }
     }
 

@@ -468,6 +468,7 @@ async fn run(
         identities: identity::Identities::new(
             cfg.statics.clone(),
             pod_cache.clone(),
+            cfg.kubernetes.as_ref().and_then(|k| k.max_staleness),
             cfg.trust_domain.clone(),
         ),
         own_sockets: upstream::OwnSockets(own),

@@ -839,3 +839,12 @@ def test_sysctls_widen_the_local_ports_and_stay_off_the_node() -> None:
     # network sysctls there, and the node's settings are not the chart's to change.
     assert "sysctls" not in render_set("host-network").pod_spec["securityContext"]
     assert "'Not A Sysctl' does not match pattern" in render_error({"sysctls": {"Not A Sysctl": "1"}})
+
+
+def test_max_staleness_reaches_gateway_yaml_only_when_set() -> None:
+    kube = render_set("pod-identity-namespace").gateway_yaml["identity"]["kubernetes"]
+    assert kube["maxStaleness"] == "2m"
+    assert "maxStaleness" not in render_set("pod-identity").gateway_yaml["identity"]["kubernetes"]
+    assert "does not match pattern" in render_error(
+        {"identity": {"kubernetes": {"enabled": True, "maxStaleness": "two minutes"}}}
+    )

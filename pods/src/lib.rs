@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 mod model;
 mod watch;
@@ -79,6 +79,9 @@ pub struct PodCache {
     epoch: Instant,
     /// Milliseconds after `epoch` of the last item from the API server; 0 = never.
     last_event_ms: AtomicU64,
+    /// Milliseconds after `epoch` of the first watch failure since the API server last answered;
+    /// 0 = the watch is not failing.
+    failing_since_ms: AtomicU64,
     relists: AtomicU64,
     errors: AtomicU64,
 }
@@ -92,6 +95,7 @@ impl Default for PodCache {
             up: AtomicBool::new(false),
             epoch: Instant::now(),
             last_event_ms: AtomicU64::new(0),
+            failing_since_ms: AtomicU64::new(0),
             relists: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         }
@@ -149,11 +153,17 @@ impl PodCache {
         }
     }
 
+    /// Milliseconds after `epoch`, never 0 (which the fields above use for "never").
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
     /// The API server sent something (an object, the end of a list).
     pub fn touch(&self) {
-        let ms = (self.epoch.elapsed().as_millis() as u64).max(1);
-        self.last_event_ms.store(ms, Ordering::Relaxed);
-        self.up.store(true, Ordering::Relaxed);
+        self.last_event_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.mark_up();
     }
 
     /// The watch is healthy: the last thing it produced was not an error.
@@ -164,12 +174,29 @@ impl PodCache {
     /// The API server answered again (a probe after a failure), though no event came yet.
     pub fn mark_up(&self) {
         self.up.store(true, Ordering::Relaxed);
+        self.failing_since_ms.store(0, Ordering::Relaxed);
     }
 
     /// The watch failed; it will be retried with backoff.
     pub fn watch_failed(&self) {
         self.up.store(false, Ordering::Relaxed);
+        // The first failure in a row starts the clock; later ones leave it.
+        let _ = self.failing_since_ms.compare_exchange(
+            0,
+            self.now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How long the watch has been failing without the API server answering since: `None` while
+    /// it is healthy (or before its first failure).
+    pub fn failing_for(&self) -> Option<Duration> {
+        match self.failing_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(self.now_ms().saturating_sub(since))),
+        }
     }
 }
 

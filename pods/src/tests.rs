@@ -178,3 +178,27 @@ fn repeating_strings_are_shared() {
     assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
     assert!(Arc::ptr_eq(&a.labels[1].0, &b.labels[1].0));
 }
+
+#[test]
+fn a_failing_watch_is_timed_from_its_first_failure_until_the_api_server_answers() {
+    let cache = PodCache::new();
+    assert_eq!(cache.failing_for(), None, "not failing before it starts");
+    cache.watch_failed();
+    let first = cache.failing_for().expect("failing");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    cache.watch_failed();
+    let later = cache.failing_for().expect("still failing");
+    assert!(
+        // Milliseconds, truncated: 20 ms of sleep reads as 19 or more.
+        later >= first + std::time::Duration::from_millis(19),
+        "a second failure must not restart the clock: {first:?} then {later:?}"
+    );
+    assert_eq!(cache.stats().errors, 2);
+    cache.mark_up();
+    assert_eq!(cache.failing_for(), None, "a probe's answer ends it");
+    cache.watch_failed();
+    assert!(cache.failing_for().expect("failing again") < later);
+    cache.touch();
+    assert_eq!(cache.failing_for(), None, "an event ends it");
+    assert!(cache.stats().up);
+}

@@ -297,6 +297,45 @@ async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_a
     assert_eq!(gw.metric("egress_pod_cache_up").await, Some(1.0));
 }
 
+/// With `maxStaleness`, the last known Pods are trusted only that long into a watch failure: then
+/// their addresses get no Pod identity, and the details say why. Once the API server answers
+/// again, they are trusted again.
+#[tokio::test]
+async fn with_max_staleness_known_pods_lose_their_identity_when_the_watch_fails_too_long() {
+    let mut api = ApiServer::start().await;
+    api.upsert(checkout("checkout-1", "127.0.0.2"));
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let target = format!("api.example.com:{}", echo.addr.port());
+    let gw = Gateway::start(POLICY, &config(&api, "    maxStaleness: 1s\n")).await;
+    wait_ready(&gw).await;
+    expect(&gw, "127.0.0.2", &target, 200).await;
+
+    api.stop();
+    assert!(
+        gw.wait_metric("egress_pod_cache_watch_errors_total", 1.0)
+            .await
+            >= Some(1.0),
+        "the gateway sees the API server go away"
+    );
+    until_status(&gw, "127.0.0.2", &target, 407).await;
+    let line = gw
+        .wait_audit("the withheld identity", |a| {
+            a["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("127.0.0.2:"))
+                && a["reason"] == "unknown_identity"
+        })
+        .await;
+    assert!(line["identity"].is_null(), "{line}");
+    let details = line["details"].as_str().expect("details");
+    assert!(details.contains("Pod identity withheld"), "{details}");
+    // Still ready: callers with a certificate or a static identity are not affected.
+    assert_eq!(gw.admin_get("/readyz").await.0, 200);
+
+    api.restart().await;
+    until_status(&gw, "127.0.0.2", &target, 200).await;
+}
+
 #[tokio::test]
 async fn not_ready_before_the_first_full_list() {
     let mut api = ApiServer::start().await;

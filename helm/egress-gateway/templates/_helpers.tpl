@@ -202,6 +202,7 @@ policy.yaml
 {{- if .Values.identity.kubernetes.enabled -}}
 {{- with .Values.identity.kubernetes.namespace -}}{{- $_ := set $kube "namespace" . -}}{{- end -}}
 {{- with .Values.identity.kubernetes.labelSelector -}}{{- $_ := set $kube "labelSelector" . -}}{{- end -}}
+{{- with .Values.identity.kubernetes.maxStaleness -}}{{- $_ := set $kube "maxStaleness" . -}}{{- end -}}
 {{- end -}}
 {{- $identity := dict "trustDomain" .Values.identity.trustDomain "kubernetes" $kube "static" .Values.identity.static -}}
 {{- $policy := dict "path" (printf "%s/%s" (include "egress-gateway.policyDir" .) (include "egress-gateway.policyKey" .)) -}}
