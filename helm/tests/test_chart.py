@@ -825,16 +825,38 @@ def test_inconsistent_values_are_refused_by_the_templates(values: dict[str, Any]
 
 def test_sysctls_widen_the_local_ports_and_stay_off_the_node() -> None:
     default = render_set("default").pod_spec["securityContext"]
-    # Kubernetes' "safe" set: allowed by the baseline and restricted Pod Security levels.
-    assert default["sysctls"] == [{"name": "net.ipv4.ip_local_port_range", "value": "1024 65535"}]
-    # A null value leaves a key out; none left, no sysctls at all.
+    # Kubernetes' "safe" set (ip_local_reserved_ports since 1.27, the chart's oldest): allowed by
+    # the baseline and restricted Pod Security levels. The widened range would cover the gateway's
+    # own ports, so those are reserved: the proxy listener and the admin port.
+    assert default["sysctls"] == [
+        {"name": "net.ipv4.ip_local_port_range", "value": "1024 65535"},
+        {"name": "net.ipv4.ip_local_reserved_ports", "value": "3128,9901"},
+    ]
+    every = render(
+        {
+            "listeners": {"proxy-mtls": {"enabled": True}, "transparent": {"enabled": True}, "sni": {"enabled": True}},
+            "tls": {"existingSecret": "gw-tls"},
+        }
+    ).pod_spec["securityContext"]["sysctls"]
+    reserved = next(s["value"] for s in every if s["name"] == "net.ipv4.ip_local_reserved_ports")
+    assert sorted(int(p) for p in reserved.split(",")) == [3128, 3129, 8443, 9901, 15001]
+    # A listener without `enabled` is enabled, and its port is reserved too.
+    extra = render({"listeners": {"extra": {"kind": "connect", "port": 3999}}}).pod_spec["securityContext"]
+    assert {"name": "net.ipv4.ip_local_reserved_ports", "value": "3128,3999,9901"} in extra["sysctls"]
+    # A null value leaves a key out; none left, no sysctls at all (and nothing to reserve).
     none = render({"sysctls": {"net.ipv4.ip_local_port_range": None}}).pod_spec["securityContext"]
     assert "sysctls" not in none
     more = render({"sysctls": {"net.ipv4.tcp_tw_reuse": 1}}).pod_spec["securityContext"]
     assert more["sysctls"] == [
         {"name": "net.ipv4.ip_local_port_range", "value": "1024 65535"},
+        {"name": "net.ipv4.ip_local_reserved_ports", "value": "3128,9901"},
         {"name": "net.ipv4.tcp_tw_reuse", "value": "1"},
     ]
+    # A reserved-ports key of one's own replaces the chart's (null: none at all).
+    own = render({"sysctls": {"net.ipv4.ip_local_reserved_ports": "3000-3999"}}).pod_spec["securityContext"]
+    assert {"name": "net.ipv4.ip_local_reserved_ports", "value": "3000-3999"} in own["sysctls"]
+    off = render({"sysctls": {"net.ipv4.ip_local_reserved_ports": None}}).pod_spec["securityContext"]
+    assert [s["name"] for s in off["sysctls"]] == ["net.ipv4.ip_local_port_range"]
     # Under hostNetwork the Pod has the node's network namespace: Kubernetes refuses namespaced
     # network sysctls there, and the node's settings are not the chart's to change.
     assert "sysctls" not in render_set("host-network").pod_spec["securityContext"]

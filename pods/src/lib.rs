@@ -79,9 +79,11 @@ pub struct PodCache {
     epoch: Instant,
     /// Milliseconds after `epoch` of the last item from the API server; 0 = never.
     last_event_ms: AtomicU64,
-    /// Milliseconds after `epoch` of the first watch failure since the API server last answered;
-    /// 0 = the watch is not failing.
+    /// Milliseconds after `epoch` of the first watch failure since the map was last known to be
+    /// current; 0 = it is current.
     failing_since_ms: AtomicU64,
+    /// Milliseconds after `epoch` of the last watch failure; 0 = none yet.
+    last_failure_ms: AtomicU64,
     relists: AtomicU64,
     errors: AtomicU64,
 }
@@ -96,6 +98,7 @@ impl Default for PodCache {
             epoch: Instant::now(),
             last_event_ms: AtomicU64::new(0),
             failing_since_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
             relists: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         }
@@ -160,10 +163,16 @@ impl PodCache {
             .max(1)
     }
 
-    /// The API server sent something (an object, the end of a list).
+    /// The API server sent something (an object, the end of a list). The map is not necessarily
+    /// current yet: a list may still be coming in (see [`PodCache::map_current`]).
     pub fn touch(&self) {
         self.last_event_ms.store(self.now_ms(), Ordering::Relaxed);
-        self.mark_up();
+        self.up.store(true, Ordering::Relaxed);
+    }
+
+    /// The map is known to be current again: a full list is in, or the watch delivers events.
+    pub fn map_current(&self) {
+        self.failing_since_ms.store(0, Ordering::Relaxed);
     }
 
     /// The watch is healthy: the last thing it produced was not an error.
@@ -171,27 +180,32 @@ impl PodCache {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// The API server answered again (a probe after a failure), though no event came yet.
-    pub fn mark_up(&self) {
+    /// The API server answered a probe after a failure, though no event came yet. A resumed watch
+    /// says nothing until a Pod changes, so the map counts as current again only if the watch,
+    /// which retries within a few seconds, has not failed for `quiet`.
+    pub fn probe_answered(&self, quiet: Duration) {
         self.up.store(true, Ordering::Relaxed);
-        self.failing_since_ms.store(0, Ordering::Relaxed);
+        let quiet_ms = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_failure_ms.load(Ordering::Relaxed);
+        if self.now_ms().saturating_sub(last) >= quiet_ms {
+            self.map_current();
+        }
     }
 
     /// The watch failed; it will be retried with backoff.
     pub fn watch_failed(&self) {
         self.up.store(false, Ordering::Relaxed);
-        // The first failure in a row starts the clock; later ones leave it.
-        let _ = self.failing_since_ms.compare_exchange(
-            0,
-            self.now_ms(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let now = self.now_ms();
+        self.last_failure_ms.store(now, Ordering::Relaxed);
+        // The first failure since the map was current starts the clock; later ones leave it.
+        let _ =
+            self.failing_since_ms
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// How long the watch has been failing without the API server answering since: `None` while
-    /// it is healthy (or before its first failure).
+    /// How long the map has gone without being known current since the watch first failed:
+    /// `None` while it is current (or before the first failure).
     pub fn failing_for(&self) -> Option<Duration> {
         match self.failing_since_ms.load(Ordering::Relaxed) {
             0 => None,

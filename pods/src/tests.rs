@@ -180,25 +180,43 @@ fn repeating_strings_are_shared() {
 }
 
 #[test]
-fn a_failing_watch_is_timed_from_its_first_failure_until_the_api_server_answers() {
+fn a_failing_watch_is_timed_from_its_first_failure_until_the_map_is_current_again() {
+    use std::time::Duration;
     let cache = PodCache::new();
     assert_eq!(cache.failing_for(), None, "not failing before it starts");
     cache.watch_failed();
     let first = cache.failing_for().expect("failing");
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(20));
     cache.watch_failed();
     let later = cache.failing_for().expect("still failing");
     assert!(
         // Milliseconds, truncated: 20 ms of sleep reads as 19 or more.
-        later >= first + std::time::Duration::from_millis(19),
+        later >= first + Duration::from_millis(19),
         "a second failure must not restart the clock: {first:?} then {later:?}"
     );
     assert_eq!(cache.stats().errors, 2);
-    cache.mark_up();
-    assert_eq!(cache.failing_for(), None, "a probe's answer ends it");
-    cache.watch_failed();
-    assert!(cache.failing_for().expect("failing again") < later);
+
+    // The API server sends a page of a list: it answers, but the map is not current yet.
     cache.touch();
-    assert_eq!(cache.failing_for(), None, "an event ends it");
     assert!(cache.stats().up);
+    assert!(cache.failing_for().expect("still failing") >= later);
+    // A probe's answer right after a failure: the watch may still be failing.
+    cache.probe_answered(Duration::from_secs(10));
+    assert!(cache.failing_for().is_some());
+    // ... but once the watch has not failed for the quiet time, the map counts as current.
+    std::thread::sleep(Duration::from_millis(40));
+    cache.probe_answered(Duration::from_millis(30));
+    assert_eq!(cache.failing_for(), None);
+
+    cache.watch_failed();
+    assert!(
+        cache.failing_for().expect("failing again") < later,
+        "a new clock"
+    );
+    cache.map_current();
+    assert_eq!(
+        cache.failing_for(),
+        None,
+        "a full list or a watch event ends it"
+    );
 }

@@ -66,6 +66,9 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, WatchError> {
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// A probe's answer makes the map current again only after this long without a watch failure: a
+/// failing watch fails again within `RETRY_MAX` and the time its request takes.
+const QUIET: Duration = Duration::from_secs(10);
 
 /// Runs the watch until the task is dropped. Errors (the API server away, a refused request) are
 /// logged and retried with a capped exponential backoff; the cache keeps serving what it knows.
@@ -89,10 +92,10 @@ pub async fn run(client: Client, scope: Scope, mut writer: CacheWriter) {
     loop {
         let item = tokio::select! {
             item = events.next() => item,
-            _ = probe.tick(), if !writer.cache().is_up() => {
+            _ = probe.tick(), if !writer.cache().is_up() || writer.cache().failing_for().is_some() => {
                 let one = kube::api::ListParams::default().limit(1);
                 if api.list_metadata(&one).await.is_ok() {
-                    writer.cache().mark_up();
+                    writer.cache().probe_answered(QUIET);
                 }
                 continue;
             }
@@ -101,17 +104,32 @@ pub async fn run(client: Client, scope: Scope, mut writer: CacheWriter) {
         match item {
             Ok(event) => {
                 delay = RETRY_MIN;
-                writer.cache().touch();
                 match event {
+                    // Made by the watcher before it lists: nothing from the API server yet.
                     watcher::Event::Init => {
                         listing = true;
                         writer.begin_relist();
                     }
-                    watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
-                        writer.apply(&pod)
+                    // A page of a list: the API server answers, but the map is current only once
+                    // the whole list is in.
+                    watcher::Event::InitApply(pod) => {
+                        writer.cache().touch();
+                        writer.apply(&pod);
                     }
-                    watcher::Event::Delete(pod) => writer.delete(&pod),
+                    // The watch delivers (a resumed watch replays what it missed first).
+                    watcher::Event::Apply(pod) => {
+                        writer.cache().touch();
+                        writer.cache().map_current();
+                        writer.apply(&pod);
+                    }
+                    watcher::Event::Delete(pod) => {
+                        writer.cache().touch();
+                        writer.cache().map_current();
+                        writer.delete(&pod);
+                    }
                     watcher::Event::InitDone => {
+                        writer.cache().touch();
+                        writer.cache().map_current();
                         listing = false;
                         writer.end_relist();
                         let stats = writer.cache().stats();

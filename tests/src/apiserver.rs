@@ -46,6 +46,8 @@ struct Shared {
     requests: Mutex<Vec<String>>,
     bookmark_every: Duration,
     unauthorized: AtomicUsize,
+    /// Lists answer `500` (etcd away) while set; watches are served.
+    failing_lists: std::sync::atomic::AtomicBool,
 }
 
 /// The server. Dropping it stops it.
@@ -105,6 +107,7 @@ impl ApiServer {
                 requests: Mutex::default(),
                 bookmark_every: Duration::from_millis(500),
                 unauthorized: AtomicUsize::new(0),
+                failing_lists: std::sync::atomic::AtomicBool::new(false),
             }),
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             tasks: None,
@@ -225,6 +228,11 @@ impl ApiServer {
         s.oldest = s.rv;
         s.log.clear();
         s.snapshots.clear();
+    }
+
+    /// While `on`, every list (a watch's list, a probe) answers `500`; watches are still served.
+    pub fn fail_lists(&self, on: bool) {
+        self.shared.failing_lists.store(on, Ordering::Relaxed);
     }
 
     /// How many requests arrived, by kind (`list`, `watch`).
@@ -370,6 +378,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut conn: S, shared: Arc<Share
             return;
         }
         shared.requests.lock().expect("lock").push("list".into());
+        if shared.failing_lists.load(Ordering::Relaxed) {
+            let body = status_json(500, "InternalError", "etcdserver: request timed out");
+            if respond(&mut conn, 500, &body).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let body = list(&shared, &req, filter);
         if respond(&mut conn, 200, &body).await.is_err() {
             return;

@@ -298,8 +298,8 @@ async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_a
 }
 
 /// With `maxStaleness`, the last known Pods are trusted only that long into a watch failure: then
-/// their addresses get no Pod identity, and the details say why. Once the API server answers
-/// again, they are trusted again.
+/// their addresses get no Pod identity, and the details say why. An API server that answers but
+/// cannot list does not end that; a complete list does.
 #[tokio::test]
 async fn with_max_staleness_known_pods_lose_their_identity_when_the_watch_fails_too_long() {
     let mut api = ApiServer::start().await;
@@ -332,7 +332,22 @@ async fn with_max_staleness_known_pods_lose_their_identity_when_the_watch_fails_
     // Still ready: callers with a certificate or a static identity are not affected.
     assert_eq!(gw.admin_get("/readyz").await.0, 200);
 
+    // The API server comes back without its history and with etcd away: the resumed watch gets
+    // 410 Gone, and every re-list fails. The watcher starts each attempt afresh, but nothing of
+    // that makes the map current: the identity stays withheld through several retries.
+    api.fail_lists(true);
+    api.compact();
     api.restart().await;
+    for attempt in 0..7 {
+        expect(&gw, "127.0.0.2", &target, 407).await;
+        if attempt < 6 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    assert!(api.requests("list") >= 1, "the gateway tried to re-list");
+
+    // A whole list gets through: the map is current, the Pod is trusted again.
+    api.fail_lists(false);
     until_status(&gw, "127.0.0.2", &target, 200).await;
 }
 
