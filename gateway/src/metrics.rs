@@ -81,6 +81,7 @@ struct PodCacheMetrics {
     synced: Gauge,
     up: Gauge,
     last_event_age: Gauge<f64, AtomicU64>,
+    stale: Gauge<f64, AtomicU64>,
     relists: Counter,
     errors: Counter,
     /// One scrape at a time brings the counters up to date.
@@ -96,6 +97,7 @@ impl PodCacheMetrics {
             synced: Gauge::default(),
             up: Gauge::default(),
             last_event_age: Gauge::default(),
+            stale: Gauge::default(),
             relists: Counter::default(),
             errors: Counter::default(),
             refresh: Mutex::new(()),
@@ -126,6 +128,11 @@ impl PodCacheMetrics {
             m.last_event_age.clone(),
         );
         registry.register(
+            "egress_pod_cache_stale_seconds",
+            "Seconds since the watch first failed, while the map is not known to be current again (0 while it is); compare with identity.kubernetes.maxStaleness",
+            m.stale.clone(),
+        );
+        registry.register(
             "egress_pod_cache_relists",
             "Full lists of Pods received (the first, then after reconnects and 410 Gone)",
             m.relists.clone(),
@@ -150,6 +157,8 @@ impl PodCacheMetrics {
         self.synced.set(i64::from(s.synced));
         self.up.set(i64::from(s.up));
         self.last_event_age.set(s.last_event_age.unwrap_or(-1.0));
+        self.stale
+            .set(self.cache.failing_for().map_or(0.0, |d| d.as_secs_f64()));
         self.relists
             .inc_by(s.relists.saturating_sub(self.relists.get()));
         self.errors

@@ -331,6 +331,11 @@ async fn with_max_staleness_known_pods_lose_their_identity_when_the_watch_fails_
     assert!(details.contains("Pod identity withheld"), "{details}");
     // Still ready: callers with a certificate or a static identity are not affected.
     assert_eq!(gw.admin_get("/readyz").await.0, 200);
+    let stale = gw.metric("egress_pod_cache_stale_seconds").await;
+    assert!(
+        stale > Some(1.0),
+        "stale for longer than maxStaleness: {stale:?}"
+    );
 
     // The API server comes back without its history and with etcd away: the resumed watch gets
     // 410 Gone, and every re-list fails. The watcher starts each attempt afresh, but nothing of
@@ -349,6 +354,7 @@ async fn with_max_staleness_known_pods_lose_their_identity_when_the_watch_fails_
     // A whole list gets through: the map is current, the Pod is trusted again.
     api.fail_lists(false);
     until_status(&gw, "127.0.0.2", &target, 200).await;
+    assert_eq!(gw.metric("egress_pod_cache_stale_seconds").await, Some(0.0));
 }
 
 #[tokio::test]
