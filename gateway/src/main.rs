@@ -16,6 +16,7 @@ mod http;
 mod identity;
 mod metrics;
 mod policy_store;
+mod ports;
 mod reason;
 mod relay;
 mod sys;
@@ -455,6 +456,13 @@ async fn run(
     for (_, l) in &bound {
         own.push(l.local_addr()?);
     }
+    let configured: Vec<u16> = cfg
+        .listeners
+        .iter()
+        .map(|l| l.address.port())
+        .chain([cfg.admin.port()])
+        .collect();
+    ports::warn_exposed(&configured);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (force_tx, force_rx) = tokio::sync::watch::channel(false);

@@ -737,3 +737,52 @@ log: {{format: json, level: info}}
     drop(gw);
     drop(lab);
 }
+
+/// A listening port inside the namespace's ephemeral port range, and not reserved, is named in a
+/// start-up warning; a reserved one and one outside the range are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_ports_in_the_ephemeral_range_are_warned_about_unless_reserved() {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED the port-range network-namespace test: {why}");
+        return;
+    }
+    let mut lab = Lab::new("r");
+    lab.add("host");
+    lab.sh(
+        "host",
+        "sysctl -qw net.ipv4.ip_local_port_range='3000 3999'
+         sysctl -qw net.ipv4.ip_local_reserved_ports=3129",
+    );
+    let gw = Gateway::start_full(
+        "version: 1\nrules: []\n",
+        |policy| {
+            format!(
+                r#"listeners:
+  - {{name: proxy, kind: connect, address: "127.0.0.1:3128"}}
+  - {{name: reserved, kind: connect, address: "127.0.0.1:3129"}}
+admin: {{address: "127.0.0.1:9901"}}
+policy: {{path: {}}}
+log: {{format: json, level: info}}
+"#,
+                policy.display()
+            )
+        },
+        Some(&lab.ns("host")),
+    )
+    .await;
+    let warned: Vec<u64> = gw
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["level"] == "WARN"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("ip_local_reserved_ports"))
+        })
+        .filter_map(|v| v["port"].as_u64())
+        .collect();
+    assert_eq!(warned, vec![3128], "{}", gw.logs().join("\n"));
+    drop(gw);
+    drop(lab);
+}
