@@ -516,23 +516,50 @@ log: {{format: json, level: info}}
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A lab of one namespace, `host`, set up by `script`; `None` (saying why) where namespace tests
+/// cannot run.
+fn host_lab(tag: &str, what: &str, script: &str) -> Option<Lab> {
+    if let Some(why) = unavailable() {
+        println!("SKIPPED the {what} network-namespace test: {why}");
+        return None;
+    }
+    let mut lab = Lab::new(tag);
+    lab.add("host");
+    lab.sh("host", script);
+    Some(lab)
+}
+
+/// The gateway inside the lab's `host` namespace: `config` is its gateway.yaml without the
+/// policy path and the log settings (JSON, which the test reads), which are added.
+async fn gateway_in_host(lab: &Lab, policy: &str, config: &str) -> Gateway {
+    let config = config.to_owned();
+    Gateway::start_full(
+        policy,
+        move |path| {
+            format!(
+                "{config}policy: {{path: {}}}\nlog: {{format: json, level: info}}\n",
+                path.display()
+            )
+        },
+        Some(&lab.ns("host")),
+    )
+    .await
+}
+
 /// IPv6: `SO_ORIGINAL_DST` through `ip6tables` `REDIRECT`, for a TLS client (the SNI decides) and a
 /// silent one (the original IPv6 destination decides), in one namespace where an `OUTPUT` rule
 /// redirects the clients and exempts the gateway's marked dials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_redirected_connections_keep_their_original_destination() {
-    if let Some(why) = unavailable() {
-        println!("SKIPPED the IPv6 network-namespace test: {why}");
-        return;
-    }
-    let mut lab = Lab::new("6");
-    lab.add("host");
-    lab.sh(
-        "host",
+    let Some(lab) = host_lab(
+        "6",
+        "IPv6",
         "ip -6 addr add fd00:33::10/128 dev lo nodad
          ip6tables -t nat -A OUTPUT -p tcp -m mark --mark 0x2000 -j RETURN
          ip6tables -t nat -A OUTPUT -p tcp -d fd00:33::10 -m multiport --dports 443,7000 -j REDIRECT --to-ports 15001",
-    );
+    ) else {
+        return;
+    };
     let dir = egress_tests::gateway::temp_dir("netns6");
     let (acceptor, ca) = tls_material(&dir);
     let ca = ca.display().to_string();
@@ -555,23 +582,16 @@ rules:
       - cidr: "fd00:33::10/128"
         ports: [7000]
 "#;
-    let gw = Gateway::start_full(
+    let gw = gateway_in_host(
+        &lab,
         policy,
-        |policy| {
-            format!(
-                r#"listeners:
-  - {{name: transparent, kind: transparent, address: "[::]:15001"}}
-admin: {{address: "127.0.0.1:0"}}
-policy: {{path: {}}}
-dns: {{hosts: {{secure.example.test: ["fd00:33::10"]}}}}
-upstream: {{mark: 0x2000, connectTimeout: 2s}}
-limits: {{headerReadTimeout: 1s}}
-log: {{format: json, level: info}}
+        r#"listeners:
+  - {name: transparent, kind: transparent, address: "[::]:15001"}
+admin: {address: "127.0.0.1:0"}
+dns: {hosts: {secure.example.test: ["fd00:33::10"]}}
+upstream: {mark: 0x2000, connectTimeout: 2s}
+limits: {headerReadTimeout: 1s}
 "#,
-                policy.display()
-            )
-        },
-        Some(&lab.ns("host")),
     )
     .await;
     let host = lab.ns("host");
@@ -662,16 +682,13 @@ async fn tunnel_from(
 /// details that name the shortage and what raises the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_address_shares_local_ports_across_destinations_and_names_a_shortage() {
-    if let Some(why) = unavailable() {
-        println!("SKIPPED the local-port network-namespace test: {why}");
-        return;
-    }
-    let mut lab = Lab::new("p");
-    lab.add("host");
-    lab.sh(
-        "host",
+    let Some(lab) = host_lab(
+        "p",
+        "local-port",
         "sysctl -qw net.ipv4.ip_local_port_range='40000 40003'",
-    );
+    ) else {
+        return;
+    };
     let l = lab.inside("host", || std::net::TcpListener::bind("127.0.0.1:7001"));
     hold_connections(l);
     let l = lab.inside("host", || std::net::TcpListener::bind("127.0.0.1:7002"));
@@ -690,22 +707,15 @@ rules:
         ports: [7002]
         allowPrivateAddresses: true
 "#;
-    let gw = Gateway::start_full(
+    let gw = gateway_in_host(
+        &lab,
         policy,
-        |policy| {
-            format!(
-                r#"listeners:
-  - {{name: proxy, kind: connect, address: "127.0.0.1:3128"}}
-admin: {{address: "127.0.0.1:9901"}}
-policy: {{path: {}}}
-dns: {{hosts: {{a.test: ["127.0.0.1"], b.test: ["127.0.0.1"]}}}}
-upstream: {{bindAddress: 127.0.0.1, connectTimeout: 2s}}
-log: {{format: json, level: info}}
+        r#"listeners:
+  - {name: proxy, kind: connect, address: "127.0.0.1:3128"}
+admin: {address: "127.0.0.1:9901"}
+dns: {hosts: {a.test: ["127.0.0.1"], b.test: ["127.0.0.1"]}}
+upstream: {bindAddress: 127.0.0.1, connectTimeout: 2s}
 "#,
-                policy.display()
-            )
-        },
-        Some(&lab.ns("host")),
     )
     .await;
     let source = |port: u16| SocketAddr::from(([127, 0, 0, 2], port));
@@ -742,32 +752,22 @@ log: {{format: json, level: info}}
 /// start-up warning; a reserved one and one outside the range are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listening_ports_in_the_ephemeral_range_are_warned_about_unless_reserved() {
-    if let Some(why) = unavailable() {
-        println!("SKIPPED the port-range network-namespace test: {why}");
-        return;
-    }
-    let mut lab = Lab::new("r");
-    lab.add("host");
-    lab.sh(
-        "host",
+    let Some(lab) = host_lab(
+        "r",
+        "port-range",
         "sysctl -qw net.ipv4.ip_local_port_range='3000 3999'
          sysctl -qw net.ipv4.ip_local_reserved_ports=3129",
-    );
-    let gw = Gateway::start_full(
+    ) else {
+        return;
+    };
+    let gw = gateway_in_host(
+        &lab,
         "version: 1\nrules: []\n",
-        |policy| {
-            format!(
-                r#"listeners:
-  - {{name: proxy, kind: connect, address: "127.0.0.1:3128"}}
-  - {{name: reserved, kind: connect, address: "127.0.0.1:3129"}}
-admin: {{address: "127.0.0.1:9901"}}
-policy: {{path: {}}}
-log: {{format: json, level: info}}
+        r#"listeners:
+  - {name: proxy, kind: connect, address: "127.0.0.1:3128"}
+  - {name: reserved, kind: connect, address: "127.0.0.1:3129"}
+admin: {address: "127.0.0.1:9901"}
 "#,
-                policy.display()
-            )
-        },
-        Some(&lab.ns("host")),
     )
     .await;
     let warned: Vec<u64> = gw

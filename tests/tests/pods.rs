@@ -53,6 +53,16 @@ fn checkout(name: &str, ip: &str) -> serde_json::Value {
         .build()
 }
 
+/// An API server with `checkout-1` (127.0.0.2), an echo upstream, and the target that reaches
+/// it through the `api.example.com` rule.
+async fn api_and_echo() -> (ApiServer, Upstream, String) {
+    let api = ApiServer::start().await;
+    api.upsert(checkout("checkout-1", "127.0.0.2"));
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let target = format!("api.example.com:{}", echo.addr.port());
+    (api, echo, target)
+}
+
 async fn status(gw: &Gateway, source: &str, target: &str) -> (u16, Option<String>) {
     let (_, r) = connect(source, gw.proxy, target).await;
     (r.status, r.proxy_status_error())
@@ -153,10 +163,7 @@ async fn pods_are_allowed_or_denied_by_namespace_service_account_and_labels() {
 
 #[tokio::test]
 async fn a_reused_address_is_nobodys_until_the_old_pod_is_gone() {
-    let api = ApiServer::start().await;
-    api.upsert(checkout("checkout-1", "127.0.0.2"));
-    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
-    let target = format!("api.example.com:{}", echo.addr.port());
+    let (api, _echo, target) = api_and_echo().await;
     let gw = Gateway::start(POLICY, &config(&api, "")).await;
     wait_ready(&gw).await;
     expect(&gw, "127.0.0.2", &target, 200).await;
@@ -245,11 +252,8 @@ async fn host_network_completed_and_addressless_pods_own_nothing() {
 
 #[tokio::test]
 async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_after() {
-    let mut api = ApiServer::start().await;
-    api.upsert(checkout("checkout-1", "127.0.0.2"));
+    let (mut api, _echo, target) = api_and_echo().await;
     api.upsert(checkout("checkout-2", "127.0.0.3"));
-    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
-    let target = format!("api.example.com:{}", echo.addr.port());
     let gw = Gateway::start(POLICY, &config(&api, "")).await;
     wait_ready(&gw).await;
     assert_eq!(gw.metric("egress_pod_cache_relists_total").await, Some(1.0));
@@ -302,10 +306,7 @@ async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_a
 /// cannot list does not end that; a complete list does.
 #[tokio::test]
 async fn with_max_staleness_known_pods_lose_their_identity_when_the_watch_fails_too_long() {
-    let mut api = ApiServer::start().await;
-    api.upsert(checkout("checkout-1", "127.0.0.2"));
-    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
-    let target = format!("api.example.com:{}", echo.addr.port());
+    let (mut api, _echo, target) = api_and_echo().await;
     let gw = Gateway::start(POLICY, &config(&api, "    maxStaleness: 1s\n")).await;
     wait_ready(&gw).await;
     expect(&gw, "127.0.0.2", &target, 200).await;
@@ -359,10 +360,7 @@ async fn with_max_staleness_known_pods_lose_their_identity_when_the_watch_fails_
 
 #[tokio::test]
 async fn not_ready_before_the_first_full_list() {
-    let mut api = ApiServer::start().await;
-    api.upsert(checkout("checkout-1", "127.0.0.2"));
-    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
-    let target = format!("api.example.com:{}", echo.addr.port());
+    let (mut api, _echo, target) = api_and_echo().await;
     let kubeconfig = api.kubeconfig();
     api.stop();
     let gw = Gateway::start(
