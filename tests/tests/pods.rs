@@ -90,6 +90,17 @@ async fn wait_ready(gw: &Gateway) {
     }
 }
 
+/// Stops the API server and waits until the gateway's watch has failed on it.
+async fn stop_and_wait_for_the_gateway_to_notice(api: &mut ApiServer, gw: &Gateway) {
+    api.stop();
+    assert!(
+        gw.wait_metric("egress_pod_cache_watch_errors_total", 1.0)
+            .await
+            >= Some(1.0),
+        "the gateway sees the API server go away"
+    );
+}
+
 /// Polls until a connection from `source` to `target` gets `want`, within the deadline.
 async fn until_status(gw: &Gateway, source: &str, target: &str, want: u16) {
     let end = tokio::time::Instant::now() + egress_tests::DEADLINE * 2;
@@ -258,13 +269,7 @@ async fn known_pods_keep_working_while_the_api_server_is_away_and_it_converges_a
     wait_ready(&gw).await;
     assert_eq!(gw.metric("egress_pod_cache_relists_total").await, Some(1.0));
 
-    api.stop();
-    assert!(
-        gw.wait_metric("egress_pod_cache_watch_errors_total", 1.0)
-            .await
-            >= Some(1.0),
-        "the gateway sees the API server go away"
-    );
+    stop_and_wait_for_the_gateway_to_notice(&mut api, &gw).await;
     assert_eq!(gw.metric("egress_pod_cache_up").await, Some(0.0));
     // Served from the last known map; still ready.
     expect(&gw, "127.0.0.2", &target, 200).await;
@@ -311,13 +316,7 @@ async fn with_max_staleness_known_pods_lose_their_identity_when_the_watch_fails_
     wait_ready(&gw).await;
     expect(&gw, "127.0.0.2", &target, 200).await;
 
-    api.stop();
-    assert!(
-        gw.wait_metric("egress_pod_cache_watch_errors_total", 1.0)
-            .await
-            >= Some(1.0),
-        "the gateway sees the API server go away"
-    );
+    stop_and_wait_for_the_gateway_to_notice(&mut api, &gw).await;
     until_status(&gw, "127.0.0.2", &target, 407).await;
     let line = gw
         .wait_audit("the withheld identity", |a| {
