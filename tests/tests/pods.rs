@@ -357,6 +357,38 @@ async fn with_max_staleness_known_pods_lose_their_identity_when_the_watch_fails_
     assert_eq!(gw.metric("egress_pod_cache_stale_seconds").await, Some(0.0));
 }
 
+/// With `maxStaleness`, an API server that comes back with nothing new ends the withholding
+/// through the probe: a resumed watch says nothing until a Pod changes, so once the watch has not
+/// failed for 10 s, the probe's answer makes the map current again.
+#[tokio::test]
+async fn with_max_staleness_a_quiet_return_of_the_api_server_is_seen_by_the_probe() {
+    let (mut api, _echo, target) = api_and_echo().await;
+    let gw = Gateway::start(POLICY, &config(&api, "    maxStaleness: 1s\n")).await;
+    wait_ready(&gw).await;
+    stop_and_wait_for_the_gateway_to_notice(&mut api, &gw).await;
+    until_status(&gw, "127.0.0.2", &target, 407).await;
+
+    let lists = api.requests("list");
+    api.restart().await;
+    // About 10 s of quiet after the last failure, then the next probe (every 5 s); no Pod changes.
+    let end = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let (got, _) = status(&gw, "127.0.0.2", &target).await;
+        if got == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "still {got} 40 s after the API server came back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(gw.metric("egress_pod_cache_stale_seconds").await, Some(0.0));
+    // No re-list made it current: only probes (lists of one) reached the API server.
+    assert_eq!(gw.metric("egress_pod_cache_relists_total").await, Some(1.0));
+    assert!(api.requests("list") > lists, "the probe asked");
+}
+
 #[tokio::test]
 async fn not_ready_before_the_first_full_list() {
     let (mut api, _echo, target) = api_and_echo().await;
