@@ -100,15 +100,14 @@ for build in release pgo-use; do
   wait_port "$port" 30
 done
 names=(nginx-sni egress-gateway-release egress-gateway-pgo-use)
-cpu() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 declare -A RES
 for c in 1 50; do
   for r in $(seq 1 "$rounds"); do
     for n in "${names[@]}"; do
-      t0=$(cpu "${PID[$n]}")
+      t0=$(cpu_ticks "${PID[$n]}")
       out=$(taskset -c 1 "$bin/egress-bench" tls-rate --mode http --ca "$certs/ca.crt" --server-name upstream.test \
         --pq-share --target "127.0.0.1:${PORT[$n]}" --sources 16 --seconds "$secs" --concurrency "$c" --label "$n" 2>/dev/null)
-      t1=$(cpu "${PID[$n]}")
+      t1=$(cpu_ticks "${PID[$n]}")
       conns=$(awk -v s="$secs" '{ printf "%d", $3 * s }' <<<"$out")
       [ "$conns" -gt 0 ] || die "$n: no connection completed"
       RES[$n,$c]="${RES[$n,$c]:-} $(awk -v d=$((t1 - t0)) -v n="$conns" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"

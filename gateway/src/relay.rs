@@ -14,10 +14,11 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::sys::{shutdown_write, Pipe};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+
+use crate::sys::{shutdown_write, Pipe};
 
 /// Bytes read per readiness burst in copy mode.
 const CHUNK: usize = 32 * 1024;

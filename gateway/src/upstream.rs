@@ -6,6 +6,7 @@
 //! order the resolver gave them.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 
 use egress_policy::{Decision, Destination, Host, Identity, Mode, Policy};
 use tokio::net::{TcpSocket, TcpStream};
@@ -192,7 +193,6 @@ fn open_socket(cfg: &UpstreamConfig, ip: IpAddr) -> Result<TcpSocket, Reject> {
     }
     .map_err(|e| fail("socket", e))?;
     if let Some(mark) = cfg.mark {
-        use std::os::fd::AsRawFd;
         crate::sys::set_mark(socket.as_raw_fd(), mark).map_err(|e| fail("SO_MARK", e))?;
     }
     if let Some(bind) = cfg.bind_address {
@@ -202,7 +202,6 @@ fn open_socket(cfg: &UpstreamConfig, ip: IpAddr) -> Result<TcpSocket, Reject> {
                 format!("{ip}: bindAddress {bind} is of the other address family"),
             ));
         }
-        use std::os::fd::AsRawFd;
         crate::sys::set_bind_address_no_port(socket.as_raw_fd())
             .map_err(|e| fail("IP_BIND_ADDRESS_NO_PORT", e))?;
         socket

@@ -144,7 +144,7 @@ impl PodCache {
 
     pub fn stats(&self) -> CacheStats {
         let last = self.last_event_ms.load(Ordering::Relaxed);
-        let now = self.epoch.elapsed().as_millis() as u64;
+        let now = self.now_ms();
         CacheStats {
             pods: self.pods.load(Ordering::Relaxed),
             addresses: self.map.len() as u64,

@@ -104,31 +104,27 @@ pub async fn run(client: Client, scope: Scope, mut writer: CacheWriter) {
         match item {
             Ok(event) => {
                 delay = RETRY_MIN;
+                // `Init` is made by the watcher before it lists: nothing from the API server yet.
+                if !matches!(event, watcher::Event::Init) {
+                    writer.cache().touch();
+                }
                 match event {
-                    // Made by the watcher before it lists: nothing from the API server yet.
                     watcher::Event::Init => {
                         listing = true;
                         writer.begin_relist();
                     }
-                    // A page of a list: the API server answers, but the map is current only once
-                    // the whole list is in.
-                    watcher::Event::InitApply(pod) => {
-                        writer.cache().touch();
-                        writer.apply(&pod);
-                    }
+                    // A page of a list: the map is current only once the whole list is in.
+                    watcher::Event::InitApply(pod) => writer.apply(&pod),
                     // The watch delivers (a resumed watch replays what it missed first).
                     watcher::Event::Apply(pod) => {
-                        writer.cache().touch();
                         writer.cache().map_current();
                         writer.apply(&pod);
                     }
                     watcher::Event::Delete(pod) => {
-                        writer.cache().touch();
                         writer.cache().map_current();
                         writer.delete(&pod);
                     }
                     watcher::Event::InitDone => {
-                        writer.cache().touch();
                         writer.cache().map_current();
                         listing = false;
                         writer.end_relist();
