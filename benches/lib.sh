@@ -113,3 +113,35 @@ stop_all() {
   stop_gateway
   for p in "${bg_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 }
+
+# Proxies measured side by side (compare.sh, pgo.sh): each is running, on CPU 0, at 127.0.0.1:PORT[name]
+# with its process PID[name]; the client on CPU 1 visits them in turn, sequentially and at c=50,
+# ROUNDS rounds of $secs each. Prints a table of median CPU µs per connection and sequential p50.
+side_by_side() { # rounds name...
+  local rounds=$1 r n c t0 t1 out conns
+  shift
+  local -A CPUS P50S
+  for c in 1 50; do
+    for r in $(seq 1 "$rounds"); do
+      for n in "$@"; do
+        t0=$(cpu_ticks "${PID[$n]}")
+        out=$(taskset -c 1 "$bin/egress-bench" tls-rate --mode http --ca "$certs/ca.crt" --server-name upstream.test \
+          --pq-share --target "127.0.0.1:${PORT[$n]}" --sources 16 --seconds "$secs" --concurrency "$c" --label "$n" 2>/dev/null)
+        t1=$(cpu_ticks "${PID[$n]}")
+        conns=$(awk -v s="$secs" '{ printf "%d", $3 * s }' <<<"$out")
+        [ "$conns" -gt 0 ] || die "$n: no connection completed"
+        CPUS[$n,$c]="${CPUS[$n,$c]:-} $(awk -v d=$((t1 - t0)) -v n="$conns" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
+        [ "$c" = 1 ] && P50S[$n]="${P50S[$n]:-} $(field "$out" 8)"
+      done
+    done
+  done
+  median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+  echo
+  echo "### Side by side, $(date -u +%Y-%m-%dT%H:%MZ), $rounds alternating rounds of ${secs} s, commit $(git -C "$repo" rev-parse --short HEAD)"
+  echo
+  echo "| proxy | CPU µs/conn, sequential (median) | CPU µs/conn, c=50 (median) | sequential p50 µs (median) | rounds, sequential | rounds, c=50 |"
+  echo "| --- | ---: | ---: | ---: | --- | --- |"
+  for n in "$@"; do
+    echo "| $n | $(median "${CPUS[$n,1]}") | $(median "${CPUS[$n,50]}") | $(median "${P50S[$n]}") |${CPUS[$n,1]} |${CPUS[$n,50]} |"
+  done
+}

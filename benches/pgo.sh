@@ -11,9 +11,8 @@
 #    50), 5 s each.
 # 3. Merges the profile with llvm-profdata (apt-get install llvm-19 if there is none; it reads the
 #    raw profiles of this rustc) and builds the gateway with it (-Cprofile-use, target/pgo-use).
-# 4. Measures the release build, the PGO build and nginx-sni side by side on sni.sh's sequential
-#    and c=50 clients: all three run at once on CPU 0, the client on CPU 1 visits them in turn,
-#    ROUNDS times; CPU per connection from /proc/PID/stat (utime+stime); medians.
+# 4. Measures the release build, the PGO build and nginx-sni side by side (benches/compare.sh):
+#    all three run at once on CPU 0, the client on CPU 1 visits them in turn, ROUNDS times.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -80,48 +79,8 @@ kill -INT "$train"; wait "$train" || true
   || die "$profdata cannot read this rustc's profiles ($(rustc -vV | grep LLVM)): install a newer llvm"
 log "PGO build (target/pgo-use)"
 RUSTFLAGS="-Cprofile-use=$profiles/gateway.profdata" cargo build --release -q -p egress-gateway --target-dir target/pgo-use
-write_sni_gateway_config 0x2000 # the policy as sni.sh has it
-
-# Measurement: three proxies at once.
-declare -A PORT PID
-start_peer nginx-sni 9105
-PORT[nginx-sni]=9105; PID[nginx-sni]=$(peer_pids nginx-sni | tail -1)
-i=0
-for build in release pgo-use; do
-  i=$((i + 1))
-  port=$((9300 + i))
-  sed -e "s|127.0.0.1:9202|127.0.0.1:$port|; s|127.0.0.1:9902|127.0.0.1:$((9400 + i))|; /name: transparent/d" \
-    "$run/sni-gateway.yaml" >"$run/pgo-$build.yaml"
-  dir=target/$build/release
-  [ "$build" = release ] && dir=target/release
-  taskset -c 0 "$dir/egress-gateway" run --config "$run/pgo-$build.yaml" >/dev/null 2>"$run/pgo-$build.log" &
-  pids+=($!)
-  PORT[egress-gateway-$build]=$port; PID[egress-gateway-$build]=$!
-  wait_port "$port" 30
-done
-names=(nginx-sni egress-gateway-release egress-gateway-pgo-use)
-declare -A RES
-for c in 1 50; do
-  for r in $(seq 1 "$rounds"); do
-    for n in "${names[@]}"; do
-      t0=$(cpu_ticks "${PID[$n]}")
-      out=$(taskset -c 1 "$bin/egress-bench" tls-rate --mode http --ca "$certs/ca.crt" --server-name upstream.test \
-        --pq-share --target "127.0.0.1:${PORT[$n]}" --sources 16 --seconds "$secs" --concurrency "$c" --label "$n" 2>/dev/null)
-      t1=$(cpu_ticks "${PID[$n]}")
-      conns=$(awk -v s="$secs" '{ printf "%d", $3 * s }' <<<"$out")
-      [ "$conns" -gt 0 ] || die "$n: no connection completed"
-      RES[$n,$c]="${RES[$n,$c]:-} $(awk -v d=$((t1 - t0)) -v n="$conns" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }')"
-    done
-  done
-done
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-{
-  echo
-  echo "### PGO experiment, $(date -u +%Y-%m-%dT%H:%MZ), $rounds alternating rounds of ${secs} s, commit $(git -C "$repo" rev-parse --short HEAD)"
-  echo
-  echo "| proxy | CPU µs/conn, sequential (median) | CPU µs/conn, c=50 (median) | rounds, sequential | rounds, c=50 |"
-  echo "| --- | ---: | ---: | --- | --- |"
-  for n in "${names[@]}"; do
-    echo "| $n | $(median "${RES[$n,1]}") | $(median "${RES[$n,50]}") |${RES[$n,1]} |${RES[$n,50]} |"
-  done
-} | tee "$run/results-pgo.md"
+# Measurement: compare.sh runs nginx-sni, the release build and the PGO build side by side.
+cleanup
+trap - EXIT
+"$repo/benches/compare.sh" "$rounds" "$secs" release=target/release/egress-gateway \
+  pgo-use=target/pgo-use/release/egress-gateway

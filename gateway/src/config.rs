@@ -69,6 +69,7 @@ fn default_listeners() -> Vec<RawListener> {
         tls: None,
         upstream_port: None,
         tproxy: None,
+        defer_accept: None,
     }]
 }
 
@@ -102,6 +103,8 @@ struct RawListener {
     upstream_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tproxy: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    defer_accept: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -377,6 +380,9 @@ pub struct ListenerConfig {
     /// `transparent` listeners: TPROXY (`IP_TRANSPARENT`; the local address is the destination)
     /// instead of `REDIRECT` (`SO_ORIGINAL_DST`).
     pub tproxy: bool,
+    /// `TCP_DEFER_ACCEPT` on the listening socket: the kernel hands over a connection once its
+    /// first bytes arrive (or about a second after the handshake), not at the handshake.
+    pub defer_accept: bool,
 }
 
 /// A workload outside Kubernetes, known by its source range.
@@ -619,6 +625,11 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
             tls,
             upstream_port: l.upstream_port.unwrap_or(443),
             tproxy: l.tproxy.unwrap_or(false),
+            // Callers of `connect` and `sni` listeners always speak first; through a
+            // `transparent` listener, a protocol whose server speaks first would wait.
+            defer_accept: l
+                .defer_accept
+                .unwrap_or(l.kind != ListenerKind::Transparent),
         });
     }
     let k = raw.identity.kubernetes;
@@ -798,6 +809,16 @@ mod tests {
         assert!(c.listeners[0].tproxy);
         assert_eq!(c.listeners[1].upstream_port, 443);
         assert_eq!(c.upstream.mark, Some(0x2000));
+        // Deferred accept by default where the caller always speaks first.
+        assert!(!c.listeners[0].defer_accept);
+        assert!(c.listeners[1].defer_accept);
+        let c = parse(
+            "listeners:\n  - {name: t, kind: transparent, address: 127.0.0.1:1, deferAccept: true}\n  - {name: c, kind: connect, address: 127.0.0.1:2, deferAccept: false}\n  - {name: d, kind: connect, address: 127.0.0.1:3}\n",
+            &[],
+        )
+        .expect("valid");
+        let defer: Vec<bool> = c.listeners.iter().map(|l| l.defer_accept).collect();
+        assert_eq!(defer, [true, false, true]);
         for bad in [
             "listeners:\n  - {name: c, kind: connect, address: 127.0.0.1:1, upstreamPort: 443}\n",
             "listeners:\n  - {name: c, kind: connect, address: 127.0.0.1:1, tproxy: true}\n",

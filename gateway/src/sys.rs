@@ -195,6 +195,15 @@ pub fn set_bind_address_no_port(socket: RawFd) -> io::Result<()> {
     set_int_option(socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
 }
 
+/// `TCP_DEFER_ACCEPT` on a listening socket: a connection is handed to `accept()` once data has
+/// arrived on it, or once `seconds` have passed (Linux rounds them up to SYN-ACK
+/// retransmissions: 1 s is one retransmission, after which the caller's next ACK completes the
+/// accept without data).
+pub fn set_defer_accept(socket: RawFd, seconds: u32) -> io::Result<()> {
+    let seconds = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
+    set_int_option(socket, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, seconds)
+}
+
 /// `IP_TRANSPARENT` (`IPV6_TRANSPARENT`) on a listening socket, for TPROXY: it may then accept
 /// connections addressed to any IP (needs `CAP_NET_ADMIN`).
 pub fn set_transparent(socket: RawFd, ipv6: bool) -> io::Result<()> {
