@@ -70,6 +70,7 @@ fn default_listeners() -> Vec<RawListener> {
         upstream_port: None,
         tproxy: None,
         defer_accept: None,
+        silent_client_timeout: None,
     }]
 }
 
@@ -105,6 +106,8 @@ struct RawListener {
     tproxy: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     defer_accept: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    silent_client_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -275,6 +278,11 @@ impl Default for RawLimits {
     }
 }
 
+/// How long a `transparent` listener waits for a silent client by default: long enough for any
+/// client that speaks first (they send at once), short enough for a server-first protocol's
+/// client (SMTP, MySQL) not to give up waiting for its greeting.
+const DEFAULT_SILENT_CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn default_max_connections() -> usize {
     100_000
 }
@@ -383,6 +391,10 @@ pub struct ListenerConfig {
     /// `TCP_DEFER_ACCEPT` on the listening socket: the kernel hands over a connection once its
     /// first bytes arrive (or about a second after the handshake), not at the handshake.
     pub defer_accept: bool,
+    /// `transparent` listeners: how long a client that has sent nothing is waited for before
+    /// the connection is decided on its original destination (a protocol whose server speaks
+    /// first). Never longer than `limits.headerReadTimeout`.
+    pub silent_client_timeout: Duration,
 }
 
 /// A workload outside Kubernetes, known by its source range.
@@ -585,6 +597,18 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
                 l.name
             )));
         }
+        if l.silent_client_timeout.is_some() && l.kind != ListenerKind::Transparent {
+            return Err(invalid(format!(
+                "listener {:?}: silentClientTimeout applies only to 'transparent' listeners",
+                l.name
+            )));
+        }
+        if l.silent_client_timeout.is_some_and(|d| d.0.is_zero()) {
+            return Err(invalid(format!(
+                "listener {:?}: silentClientTimeout must be greater than zero",
+                l.name
+            )));
+        }
         let tls = match l.tls {
             None => None,
             Some(t) => {
@@ -630,6 +654,9 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
             defer_accept: l
                 .defer_accept
                 .unwrap_or(l.kind != ListenerKind::Transparent),
+            silent_client_timeout: l
+                .silent_client_timeout
+                .map_or(DEFAULT_SILENT_CLIENT_TIMEOUT, |d| d.0),
         });
     }
     let k = raw.identity.kubernetes;
@@ -819,11 +846,24 @@ mod tests {
         .expect("valid");
         let defer: Vec<bool> = c.listeners.iter().map(|l| l.defer_accept).collect();
         assert_eq!(defer, [true, false, true]);
+        assert_eq!(c.listeners[0].silent_client_timeout, Duration::from_secs(1));
+        let c = parse(
+            "listeners:\n  - {name: t, kind: transparent, address: 127.0.0.1:1, silentClientTimeout: 250ms}\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.listeners[0].silent_client_timeout,
+            Duration::from_millis(250)
+        );
         for bad in [
             "listeners:\n  - {name: c, kind: connect, address: 127.0.0.1:1, upstreamPort: 443}\n",
             "listeners:\n  - {name: c, kind: connect, address: 127.0.0.1:1, tproxy: true}\n",
             "listeners:\n  - {name: s, kind: sni, address: 127.0.0.1:1, tproxy: true}\n",
             "listeners:\n  - {name: s, kind: sni, address: 127.0.0.1:1, upstreamPort: 0}\n",
+            "listeners:\n  - {name: s, kind: sni, address: 127.0.0.1:1, silentClientTimeout: 1s}\n",
+            "listeners:\n  - {name: c, kind: connect, address: 127.0.0.1:1, silentClientTimeout: 1s}\n",
+            "listeners:\n  - {name: t, kind: transparent, address: 127.0.0.1:1, silentClientTimeout: 0s}\n",
             "upstream:\n  mark: 0\n",
             "listeners:\n  - {name: s, kind: sni, address: 127.0.0.1:1, tls: {cert: a, key: b, clientCa: c}}\n",
         ] {

@@ -4,7 +4,8 @@
 //! from `SO_ORIGINAL_DST`) or `TPROXY`ed (the local address is the destination). `sni` takes TLS
 //! connections that DNS steered to the gateway; the port is the listener's `upstreamPort`.
 //!
-//! Both peek at the first bytes, within `limits.headerReadTimeout` and a size cap: a TLS
+//! Both peek at the first bytes, within `limits.headerReadTimeout` (on `transparent`, a client
+//! silent for `silentClientTimeout` is not waited for further) and a size cap: a TLS
 //! ClientHello gives the SNI, a plain HTTP/1 request head gives the `Host` header. The peeked
 //! bytes are replayed upstream unchanged. The life of a connection:
 //! `original destination -> peek -> destination -> identity -> policy -> resolve -> guard ->
@@ -59,10 +60,19 @@ enum Mode {
     Sni { port: u16 },
 }
 
+impl Mode {
+    /// A silent client is decided on its original destination, after `silentClientTimeout`;
+    /// an `sni` listener has none, and waits the whole `headerReadTimeout` before refusing.
+    fn decides_silence(self) -> bool {
+        !matches!(self, Mode::Sni { .. })
+    }
+}
+
 /// One `transparent` or `sni` listener.
 pub struct PeekListener {
     pub name: String,
     mode: Mode,
+    silent_client_timeout: std::time::Duration,
     pub gateway: Arc<Gateway>,
     pub metrics: ListenerMetrics,
 }
@@ -79,6 +89,7 @@ impl PeekListener {
         PeekListener {
             name: cfg.name.clone(),
             mode,
+            silent_client_timeout: cfg.silent_client_timeout,
             gateway,
             metrics,
         }
@@ -140,7 +151,7 @@ async fn peek(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
     cap: usize,
-    deadline: Instant,
+    deadline: Deadlines,
     hello_seen: &mut bool,
 ) -> Peeked {
     let mut reads = 0usize;
@@ -209,7 +220,12 @@ async fn peek(
         // Read straight into `buf`'s spare room: at most 4 KiB more, never past the cap (the
         // capacity only grows exactly, and starts below the cap).
         buf.reserve_exact((cap - buf.len()).min(4096));
-        let read = tokio::time::timeout_at(deadline, read_spare(client, buf)).await;
+        // Until the first byte, the shorter wait for a silent client; then the whole head's.
+        let due = match deadline.silent {
+            Some(silent) if buf.is_empty() => silent.min(deadline.head),
+            _ => deadline.head,
+        };
+        let read = tokio::time::timeout_at(due, read_spare(client, buf)).await;
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return Peeked::Nameless {
                 why: "the client stopped sending before a ClientHello or request head was complete"
@@ -218,7 +234,9 @@ async fn peek(
             },
             Ok(Ok(_)) => {}
             Err(_) => {
-                let why = if buf.is_empty() {
+                let why = if buf.is_empty() && due < deadline.head {
+                    "the client sent nothing within silentClientTimeout".to_owned()
+                } else if buf.is_empty() {
                     "the client sent nothing within headerReadTimeout".to_owned()
                 } else {
                     "no complete ClientHello or request head within headerReadTimeout".to_owned()
@@ -230,6 +248,15 @@ async fn peek(
             }
         }
     }
+}
+
+/// How long a peek may take.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    /// The whole ClientHello or request head: `limits.headerReadTimeout` from accept.
+    head: Instant,
+    /// The first byte, where silence is decided on the original destination.
+    silent: Option<Instant>,
 }
 
 /// One read into `buf`'s spare capacity, which is not zeroed first.
@@ -253,7 +280,14 @@ async fn proxy(
 ) -> Result<(Verdict, Reason), Reject> {
     let gw = &*ctx.gateway;
     let limits = &gw.config.limits;
-    let deadline = Instant::now() + limits.header_read_timeout;
+    let start = Instant::now();
+    let deadline = Deadlines {
+        head: start + limits.header_read_timeout,
+        silent: ctx
+            .mode
+            .decides_silence()
+            .then(|| start + ctx.silent_client_timeout),
+    };
 
     // Where the connection was going, before anything is read.
     let local = || {

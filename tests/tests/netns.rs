@@ -332,7 +332,7 @@ async fn the_cluster_reaches_out_only_through_the_gateway_and_only_where_allowed
             format!(
                 r#"listeners:
   - {{name: proxy, kind: connect, address: "10.250.0.2:3128"}}
-  - {{name: transparent, kind: transparent, address: "0.0.0.0:15001"}}
+  - {{name: transparent, kind: transparent, address: "0.0.0.0:15001", silentClientTimeout: 300ms}}
   - {{name: tproxy, kind: transparent, address: "0.0.0.0:15002", tproxy: true}}
   - {{name: sni, kind: sni, address: "10.250.0.2:8443", upstreamPort: 443}}
 admin: {{address: "127.0.0.1:0"}}
@@ -343,7 +343,7 @@ identity:
     - {{cidr: 10.244.2.0/24, spiffe: "spiffe://cluster.local/ns/batch/sa/job"}}
 dns: {{nameservers: ["45.33.0.53:53"]}}
 upstream: {{mark: 0x2000, connectTimeout: 2s}}
-limits: {{headerReadTimeout: 1s}}
+limits: {{headerReadTimeout: 8s}}
 log: {{format: json, level: info}}
 "#,
                 policy.display()
@@ -474,7 +474,8 @@ log: {{format: json, level: info}}
     assert_eq!(line["host"], "plain.example.test");
 
     // 8. A client that waits for the server to speak: no name, so only the cidr rule on the
-    // original destination decides.
+    // original destination decides, once the client has been silent for silentClientTimeout
+    // (300 ms), not the whole headerReadTimeout (8 s, longer than the client's 5 s wait).
     let (_, out, _) = silent_client(&pod1, "45.33.0.10", 7000).await;
     assert_eq!(out, "hello from greeter peer=45.34.0.2\n");
     let line = gw
@@ -482,9 +483,9 @@ log: {{format: json, level: info}}
             a["host"] == "45.33.0.10" && a["decision"] == "allow"
         })
         .await;
-    assert!(line["details"]
-        .as_str()
-        .is_some_and(|d| d.contains("no host name")));
+    assert!(line["details"].as_str().is_some_and(
+        |d| d.contains("no host name (the client sent nothing within silentClientTimeout)")
+    ));
     let (_, out, _) = silent_client(&pod2, "45.33.0.10", 7000).await;
     assert!(out.is_empty(), "pod2 has no cidr rule: {out}");
     let line = gw
@@ -495,6 +496,23 @@ log: {{format: json, level: info}}
     assert!(line["details"]
         .as_str()
         .is_some_and(|d| d.contains("only a cidr rule")));
+    // A client that has spoken is waited for until headerReadTimeout, however slowly it goes
+    // on: a request head whose Host comes 600 ms after its first line (past silentClientTimeout)
+    // is decided on that name, not on the original address.
+    let script =
+        "exec 3<>/dev/tcp/45.33.0.10/7000 && printf 'GET / HTTP/1.1\\r\\n' >&3 && sleep 0.6 \
+                  && printf 'Host: plain.example.test\\r\\n\\r\\n' >&3 && timeout 5 cat <&3";
+    let (_, out, _) = exec(&pod1, &["bash", "-c", script]).await;
+    assert!(
+        out.is_empty(),
+        "plain.example.test:7000 is not allowed: {out}"
+    );
+    let line = gw
+        .wait_audit("slow head decided on its name", |a| {
+            a["host"] == "plain.example.test" && a["port"] == 7000
+        })
+        .await;
+    assert_eq!(line["reason"], "no_matching_rule");
 
     // 9. No loops: every connection the gateway saw came from a Pod, none from itself, and
     // every site saw only the gateway's outside address.
