@@ -249,22 +249,33 @@ def container_env_overrides(rendered: Rendered, pod_ip: str) -> dict[str, str]:
     return env
 
 
+def assert_binary_accepts(
+    rendered: Rendered, what: str, gateway_bin: Path, dev_pki: dict[str, str], root: Path,
+    pod_ip: str = "10.20.0.11",
+) -> None:
+    """`egress-gateway config validate` accepts the rendered gateway.yaml, with the Pod's files
+    laid out under root and the container's environment overrides."""
+    materialise_pod_files(rendered, root, dev_pki)
+    config_file = root / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(relocate(rendered.gateway_yaml, root)))
+    env = container_env_overrides(rendered, pod_ip)
+    result = run_gateway(gateway_bin, "config", "validate", str(config_file), env=env)
+    assert result.returncode == 0, (
+        f"config validate refused the gateway.yaml of {what}:\n{result.stderr}\n"
+        f"--- gateway.yaml ---\n{rendered.gateway_yaml_text}\n--- env ---\n{env}"
+    )
+    assert "valid" in result.stdout
+
+
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_rendered_gateway_yaml_is_accepted_by_the_binary(
     value_set: str, gateway_bin: Path, dev_pki: dict[str, str], tmp_path: Path
 ) -> None:
-    rendered = render_set(value_set)
-    materialise_pod_files(rendered, tmp_path, dev_pki)
-    config_file = tmp_path / "gateway.yaml"
-    config_file.write_text(yaml.safe_dump(relocate(rendered.gateway_yaml, tmp_path)))
     ipv6 = load_values(value_set).get("hostNetwork", {}).get("podIPFamily") == "IPv6"
-    env = container_env_overrides(rendered, "fd00:10::5" if ipv6 else "10.20.0.11")
-    result = run_gateway(gateway_bin, "config", "validate", str(config_file), env=env)
-    assert result.returncode == 0, (
-        f"config validate refused the gateway.yaml of {value_set}:\n{result.stderr}\n"
-        f"--- gateway.yaml ---\n{rendered.gateway_yaml_text}\n--- env ---\n{env}"
+    assert_binary_accepts(
+        render_set(value_set), value_set, gateway_bin, dev_pki, tmp_path,
+        pod_ip="fd00:10::5" if ipv6 else "10.20.0.11",
     )
-    assert "valid" in result.stdout
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -593,6 +604,123 @@ def test_sni_listener_serves_port_443_and_dials_upstream_443() -> None:
     assert sni == {"name": "sni", "kind": "sni", "address": "0.0.0.0:8443", "upstreamPort": 443}
 
 
+# Listener socket options ---------------------------------------------------------------------
+
+
+def listener_entries(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    return {l["name"]: l for l in rendered.gateway_yaml["listeners"]}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_socket_options_reach_gateway_yaml_only_when_set(value_set: str) -> None:
+    # Unset, they are left out, so the gateway's defaults for the kind apply; set, they are
+    # rendered as given, deferAccept: false included.
+    values = load_values(value_set).get("listeners", {})
+    for name, entry in listener_entries(render_set(value_set)).items():
+        given = values.get(name, {})
+        for key in ("deferAccept", "silentClientTimeout"):
+            if key in given:
+                assert entry[key] == given[key] and type(entry[key]) is type(given[key]), (name, key)
+            else:
+                assert key not in entry, (name, key)
+
+
+def test_listener_socket_options_value_set() -> None:
+    entries = listener_entries(render_set("listener-socket-options"))
+    assert entries["proxy"] == {
+        "name": "proxy", "kind": "connect", "address": "0.0.0.0:3128", "deferAccept": False,
+    }
+    assert entries["transparent"] == {
+        "name": "transparent", "kind": "transparent", "address": "0.0.0.0:15001",
+        "deferAccept": True, "silentClientTimeout": "300ms",
+    }
+    assert entries["sni"] == {
+        "name": "sni", "kind": "sni", "address": "0.0.0.0:8443", "upstreamPort": 443, "deferAccept": True,
+    }
+    # The default entries set neither.
+    every = render({"listeners": {"transparent": {"enabled": True}, "sni": {"enabled": True}}})
+    for entry in listener_entries(every).values():
+        assert "deferAccept" not in entry and "silentClientTimeout" not in entry
+
+
+@pytest.mark.parametrize("listener", ["proxy", "transparent", "sni"])
+@pytest.mark.parametrize("defer", [True, False])
+def test_defer_accept_is_rendered_true_or_false(listener: str, defer: bool) -> None:
+    entries = listener_entries(render({"listeners": {listener: {"enabled": True, "deferAccept": defer}}}))
+    assert entries[listener]["deferAccept"] is defer
+    # Only on the listener it was given for.
+    assert all("deferAccept" not in e for name, e in entries.items() if name != listener)
+
+
+def test_socket_options_from_set_flags() -> None:
+    # `--set listeners.proxy.deferAccept=false` gives the boolean false, which must still render.
+    values = helm.parse_set_string(
+        "listeners.proxy.deferAccept=false,listeners.transparent.enabled=true,"
+        "listeners.transparent.silentClientTimeout=500ms"
+    )
+    entries = listener_entries(render(values))
+    assert entries["proxy"]["deferAccept"] is False
+    assert entries["transparent"]["silentClientTimeout"] == "500ms"
+
+
+@pytest.mark.parametrize("timeout", ["300ms", "1s", "2m", "1m 30s", "1s500ms"])
+def test_silent_client_timeout_on_a_transparent_listener_is_accepted_by_the_binary(
+    timeout: str, gateway_bin: Path, dev_pki: dict[str, str], tmp_path: Path
+) -> None:
+    # Every value the schema lets through is one the gateway takes.
+    rendered = render({"listeners": {"transparent": {"enabled": True, "silentClientTimeout": timeout}}})
+    assert listener_entries(rendered)["transparent"]["silentClientTimeout"] == timeout
+    assert "silentClientTimeout" not in listener_entries(rendered)["proxy"]
+    assert_binary_accepts(rendered, f"silentClientTimeout {timeout!r}", gateway_bin, dev_pki, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "listener, values",
+    [
+        ("proxy", {"kind": "connect", "port": 3128}),
+        ("proxy-mtls", {"enabled": True}),
+        ("sni", {"enabled": True}),
+        ("extra", {"kind": "sni", "port": 8444}),
+    ],
+)
+def test_silent_client_timeout_is_refused_off_transparent_listeners(listener: str, values: dict[str, Any]) -> None:
+    # The gateway refuses it too ("silentClientTimeout applies only to 'transparent' listeners").
+    bad = {"listeners": {listener: {**values, "silentClientTimeout": "1s"}}, "tls": {"existingSecret": "s"}}
+    message = render_error(bad)
+    assert f"/listeners/{listener}/kind" in message and "transparent" in message, message
+    assert helm.lint(CHART, bad, strict=True, namespace=NAMESPACE)["errors"]
+
+
+@pytest.mark.parametrize(
+    "listener, timeout, error",
+    [
+        ("proxy", "1s", "silentClientTimeout applies only to 'transparent' listeners"),
+        ("sni", "1s", "silentClientTimeout applies only to 'transparent' listeners"),
+        ("transparent", "0s", "silentClientTimeout must be greater than zero"),
+    ],
+)
+def test_the_binary_refuses_what_the_schema_refuses(
+    listener: str, timeout: str, error: str, gateway_bin: Path, tmp_path: Path
+) -> None:
+    # The schema's rules are the gateway's own: the same gateway.yaml, edited past the schema.
+    rendered = render({"listeners": {"transparent": {"enabled": True}, "sni": {"enabled": True}}})
+    config = rendered.gateway_yaml
+    (entry,) = [l for l in config["listeners"] if l["name"] == listener]
+    entry["silentClientTimeout"] = timeout
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(relocate(config, tmp_path)))
+    result = run_gateway(gateway_bin, "config", "validate", str(config_file))
+    assert result.returncode == 2 and error in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("timeout", ["300", "1 second", "1.5s", "-1s", "1d", "", "0s", "0ms", "00m 0s", 1])
+def test_silent_client_timeout_must_be_a_duration_above_zero(timeout: Any) -> None:
+    bad = {"listeners": {"transparent": {"enabled": True, "silentClientTimeout": timeout}}}
+    message = render_error(bad)
+    assert "/listeners/transparent/silentClientTimeout" in message, message
+    assert helm.lint(CHART, bad, strict=True, namespace=NAMESPACE)["errors"]
+
+
 # TLS -----------------------------------------------------------------------------------------
 
 
@@ -776,6 +904,8 @@ def test_notes_tell_how_to_use_the_gateway_and_what_to_allowlist() -> None:
          ["/listeners/proxy/tls/clientAuth"]),
         ({"listeners": {"sni": {"enabled": True, "tls": {}}}}, ["/listeners/sni/kind"]),
         ({"listeners": {"proxy": {"kind": "connect", "port": 3128, "tproxy": True}}}, ["/listeners/proxy/kind"]),
+        ({"listeners": {"proxy": {"kind": "connect", "port": 3128, "deferAccept": "no"}}},
+         ["/listeners/proxy/deferAccept", "boolean"]),
         ({"listeners": {"proxy": {"kind": "connect", "port": 3128, "prot": 1}}}, ["/listeners/proxy", "prot"]),
         ({"listeners": {"Proxy_1": {"kind": "connect", "port": 3130}}}, ["Proxy_1"]),
         ({"listeners": {"admin": {"kind": "connect", "port": 3130}}}, ["admin"]),

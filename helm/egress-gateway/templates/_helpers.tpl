@@ -196,6 +196,13 @@ policy.yaml
 {{- if and (eq $l.kind "transparent") (get $l "tproxy") -}}
 {{- $_ := set $entry "tproxy" true -}}
 {{- end -}}
+{{- /* Only when set, false included; unset, the gateway's default for the kind applies. */ -}}
+{{- if hasKey $l "deferAccept" -}}
+{{- $_ := set $entry "deferAccept" (get $l "deferAccept") -}}
+{{- end -}}
+{{- if and (eq $l.kind "transparent") (hasKey $l "silentClientTimeout") -}}
+{{- $_ := set $entry "silentClientTimeout" (toString (get $l "silentClientTimeout")) -}}
+{{- end -}}
 {{- $listeners = append $listeners $entry -}}
 {{- end -}}
 {{- $kube := dict "enabled" .Values.identity.kubernetes.enabled -}}
