@@ -15,9 +15,14 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benches/lib.sh
 . "$repo/benches/lib.sh"
-rounds=${1:-7}
-bench_args "${2:-}" 4
-shift $(($# < 2 ? $# : 2))
+# ROUNDS and SECONDS are the leading numeric arguments; the rest are NAME=BINARY.
+nums=()
+while [ $# -gt 0 ] && [ ${#nums[@]} -lt 2 ] && [[ $1 =~ ^[0-9]+$ ]]; do nums+=("$1"); shift; done
+rounds=${nums[0]:-7}
+bench_args "${nums[1]:-}" 4
+for b in "$@"; do
+  [[ $b == ?*=?* ]] || { echo "usage: $0 [ROUNDS] [SECONDS] NAME=BINARY..., not $b" >&2; exit 2; }
+done
 [ "$(id -u)" = 0 ] || die "needs root: the gateway's config sets upstream.mark"
 command -v nginx >/dev/null || "$peers" install
 cd "$repo"

@@ -22,13 +22,23 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(s.trim()).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid duration {s:?} ({e}): use e.g. 500ms, 5s, 1h"
             ))
-        })
+        })?;
+        // A bound that keeps every deadline (now + duration) far from overflow.
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {s:?} is longer than 365 days"
+            )));
+        }
+        Ok(Dur(d))
     }
 }
+
+/// The longest duration any key takes.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Serialize for Dur {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -278,11 +288,6 @@ impl Default for RawLimits {
     }
 }
 
-/// How long a `transparent` listener waits for a silent client by default: long enough for any
-/// client that speaks first (they send at once), short enough for a server-first protocol's
-/// client (SMTP, MySQL) not to give up waiting for its greeting.
-const DEFAULT_SILENT_CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
-
 fn default_max_connections() -> usize {
     100_000
 }
@@ -393,8 +398,8 @@ pub struct ListenerConfig {
     pub defer_accept: bool,
     /// `transparent` listeners: how long a client that has sent nothing is waited for before
     /// the connection is decided on its original destination (a protocol whose server speaks
-    /// first). Never longer than `limits.headerReadTimeout`.
-    pub silent_client_timeout: Duration,
+    /// first). `None`: the whole `limits.headerReadTimeout`, which also caps it.
+    pub silent_client_timeout: Option<Duration>,
 }
 
 /// A workload outside Kubernetes, known by its source range.
@@ -649,14 +654,10 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
             tls,
             upstream_port: l.upstream_port.unwrap_or(443),
             tproxy: l.tproxy.unwrap_or(false),
-            // Callers of `connect` and `sni` listeners always speak first; through a
-            // `transparent` listener, a protocol whose server speaks first would wait.
-            defer_accept: l
-                .defer_accept
-                .unwrap_or(l.kind != ListenerKind::Transparent),
-            silent_client_timeout: l
-                .silent_client_timeout
-                .map_or(DEFAULT_SILENT_CLIENT_TIMEOUT, |d| d.0),
+            // Off unless asked for: a caller that connects and resets without a byte would
+            // never reach `accept()`, and so never be audited.
+            defer_accept: l.defer_accept.unwrap_or(false),
+            silent_client_timeout: l.silent_client_timeout.map(|d| d.0),
         });
     }
     let k = raw.identity.kubernetes;
@@ -803,6 +804,9 @@ mod tests {
         assert_eq!(c.upstream.idle_timeout, Duration::from_secs(3600));
         let e = parse("upstream:\n  connectTimeout: soon\n", &[]).expect_err("invalid");
         assert!(e.to_string().contains("gateway.yaml:2:"), "{e}");
+        assert!(parse("upstream:\n  idleTimeout: 365days\n", &[]).is_ok());
+        let e = parse("upstream:\n  idleTimeout: 366days\n", &[]).expect_err("too long");
+        assert!(e.to_string().contains("longer than 365 days"), "{e}");
     }
 
     #[test]
@@ -836,17 +840,17 @@ mod tests {
         assert!(c.listeners[0].tproxy);
         assert_eq!(c.listeners[1].upstream_port, 443);
         assert_eq!(c.upstream.mark, Some(0x2000));
-        // Deferred accept by default where the caller always speaks first.
+        // Off by default, on every kind.
         assert!(!c.listeners[0].defer_accept);
-        assert!(c.listeners[1].defer_accept);
+        assert!(!c.listeners[1].defer_accept);
+        assert_eq!(c.listeners[0].silent_client_timeout, None);
         let c = parse(
             "listeners:\n  - {name: t, kind: transparent, address: 127.0.0.1:1, deferAccept: true}\n  - {name: c, kind: connect, address: 127.0.0.1:2, deferAccept: false}\n  - {name: d, kind: connect, address: 127.0.0.1:3}\n",
             &[],
         )
         .expect("valid");
         let defer: Vec<bool> = c.listeners.iter().map(|l| l.defer_accept).collect();
-        assert_eq!(defer, [true, false, true]);
-        assert_eq!(c.listeners[0].silent_client_timeout, Duration::from_secs(1));
+        assert_eq!(defer, [true, false, false]);
         let c = parse(
             "listeners:\n  - {name: t, kind: transparent, address: 127.0.0.1:1, silentClientTimeout: 250ms}\n",
             &[],
@@ -854,7 +858,7 @@ mod tests {
         .expect("valid");
         assert_eq!(
             c.listeners[0].silent_client_timeout,
-            Duration::from_millis(250)
+            Some(Duration::from_millis(250))
         );
         for bad in [
             "listeners:\n  - {name: c, kind: connect, address: 127.0.0.1:1, upstreamPort: 443}\n",

@@ -626,7 +626,7 @@ mod tests {
                 upstream_port: 443,
                 tproxy: false,
                 defer_accept: false,
-                silent_client_timeout: Duration::from_secs(1),
+                silent_client_timeout: None,
             };
             let listener = bind(&cfg).expect("bind");
             let addr = listener.local_addr().expect("local address");
@@ -653,7 +653,7 @@ mod tests {
                 upstream_port: 443,
                 tproxy: false,
                 defer_accept,
-                silent_client_timeout: Duration::from_secs(1),
+                silent_client_timeout: None,
             };
             let listener = bind(&cfg).expect("bind");
             let addr = listener.local_addr().expect("local address");

@@ -72,7 +72,7 @@ impl Mode {
 pub struct PeekListener {
     pub name: String,
     mode: Mode,
-    silent_client_timeout: std::time::Duration,
+    silent_client_timeout: Option<std::time::Duration>,
     pub gateway: Arc<Gateway>,
     pub metrics: ListenerMetrics,
 }
@@ -281,12 +281,13 @@ async fn proxy(
     let gw = &*ctx.gateway;
     let limits = &gw.config.limits;
     let start = Instant::now();
+    // Durations are validated to at most a year (config.rs), so these sums cannot overflow.
     let deadline = Deadlines {
         head: start + limits.header_read_timeout,
         silent: ctx
-            .mode
-            .decides_silence()
-            .then(|| start + ctx.silent_client_timeout),
+            .silent_client_timeout
+            .filter(|_| ctx.mode.decides_silence())
+            .map(|d| start + d),
     };
 
     // Where the connection was going, before anything is read.

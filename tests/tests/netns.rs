@@ -9,8 +9,9 @@
 //! ```
 //!
 //! The node steers the Pods' outbound TCP to ports 80, 443 and 7000 to the gateway by policy
-//! routing; in the gateway's namespace iptables `REDIRECT`s 443 and 7000 to the `transparent`
-//! listener and `TPROXY`s 80 to a second one. Cluster DNS on the node answers `steered.*` with a
+//! routing; in the gateway's namespace iptables `REDIRECT`s 443 to the `transparent` listener
+//! and 7000 (a server-first protocol) to one with a short `silentClientTimeout`, and `TPROXY`s 80
+//! to a third. Cluster DNS on the node answers `steered.*` with a
 //! Service IP that the node DNATs to the `sni` listener, as kube-proxy would. The gateway's own
 //! dials carry `upstream.mark`, and an `OUTPUT` rule in its namespace would redirect every
 //! unmarked dial back into it. The Pods are identified with `identity.static`.
@@ -252,7 +253,8 @@ fn build(lab: &mut Lab) {
         "gw",
         "ip route add 10.244.0.0/16 via 10.250.0.1
          ip route add default via 45.34.0.1
-         iptables -t nat -A PREROUTING -i gw-in ! -d 10.250.0.2 -p tcp -m multiport --dports 443,7000 -j REDIRECT --to-ports 15001
+         iptables -t nat -A PREROUTING -i gw-in ! -d 10.250.0.2 -p tcp --dport 443 -j REDIRECT --to-ports 15001
+         iptables -t nat -A PREROUTING -i gw-in ! -d 10.250.0.2 -p tcp --dport 7000 -j REDIRECT --to-ports 15003
          iptables -t mangle -A PREROUTING -i gw-in ! -d 10.250.0.2 -p tcp --dport 80 -j TPROXY --on-port 15002 --tproxy-mark 0x1/0x1
          ip rule add fwmark 0x1/0x1 lookup 100
          ip route add local 0.0.0.0/0 dev lo table 100
@@ -332,7 +334,8 @@ async fn the_cluster_reaches_out_only_through_the_gateway_and_only_where_allowed
             format!(
                 r#"listeners:
   - {{name: proxy, kind: connect, address: "10.250.0.2:3128"}}
-  - {{name: transparent, kind: transparent, address: "0.0.0.0:15001", silentClientTimeout: 300ms}}
+  - {{name: transparent, kind: transparent, address: "0.0.0.0:15001"}}
+  - {{name: server-first, kind: transparent, address: "0.0.0.0:15003", silentClientTimeout: 300ms}}
   - {{name: tproxy, kind: transparent, address: "0.0.0.0:15002", tproxy: true}}
   - {{name: sni, kind: sni, address: "10.250.0.2:8443", upstreamPort: 443}}
 admin: {{address: "127.0.0.1:0"}}
@@ -473,9 +476,10 @@ log: {{format: json, level: info}}
         .await;
     assert_eq!(line["host"], "plain.example.test");
 
-    // 8. A client that waits for the server to speak: no name, so only the cidr rule on the
-    // original destination decides, once the client has been silent for silentClientTimeout
-    // (300 ms), not the whole headerReadTimeout (8 s, longer than the client's 5 s wait).
+    // 8. A client that waits for the server to speak (port 7000, redirected to a listener of
+    // its own): no name, so only the cidr rule on the original destination decides, once the
+    // client has been silent for that listener's silentClientTimeout (300 ms), not the whole
+    // headerReadTimeout (8 s, longer than the client's 5 s wait).
     let (_, out, _) = silent_client(&pod1, "45.33.0.10", 7000).await;
     assert_eq!(out, "hello from greeter peer=45.34.0.2\n");
     let line = gw
@@ -483,6 +487,7 @@ log: {{format: json, level: info}}
             a["host"] == "45.33.0.10" && a["decision"] == "allow"
         })
         .await;
+    assert_eq!(line["listener"], "server-first");
     assert!(line["details"].as_str().is_some_and(
         |d| d.contains("no host name (the client sent nothing within silentClientTimeout)")
     ));
