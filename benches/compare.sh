@@ -30,17 +30,7 @@ release_build
 builds=("$@")
 [ ${#builds[@]} -gt 0 ] || builds=("release=$bin/egress-gateway")
 
-pids=()
-tw_old=$(sysctl -n net.ipv4.tcp_max_tw_buckets)
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  sysctl -qw net.ipv4.tcp_max_tw_buckets="$tw_old"
-  stop_all
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-# As run.sh: no TIME_WAIT sockets during the run, so that connection rates do not depend on order.
-sysctl -qw net.ipv4.tcp_max_tw_buckets=0
+no_time_wait_until_exit
 
 listening 9443 || start_peer nginx-upstream 9443
 write_sni_gateway_config 0x2000

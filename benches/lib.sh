@@ -113,6 +113,21 @@ stop_all() {
   stop_gateway
   for p in "${bg_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 }
+no_time_wait_until_exit() { # as root: pids=() for the caller's own processes, killed at exit by
+  # cleanup, which also stops the peers and restores net.ipv4.tcp_max_tw_buckets. As run.sh: no
+  # TIME_WAIT sockets during the run, so that connection rates do not depend on order.
+  pids=()
+  tw_old=$(sysctl -n net.ipv4.tcp_max_tw_buckets)
+  cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    sysctl -qw net.ipv4.tcp_max_tw_buckets="$tw_old"
+    stop_all
+  }
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  sysctl -qw net.ipv4.tcp_max_tw_buckets=0
+}
 
 # Proxies measured side by side (compare.sh, pgo.sh): each is running, on CPU 0, at 127.0.0.1:PORT[name]
 # with its process PID[name]; the client on CPU 1 visits them in turn, sequentially and at c=50,

@@ -35,17 +35,7 @@ case $profdata in
     profdata=$(newest_profdata) ;;
 esac
 
-pids=()
-tw_old=$(sysctl -n net.ipv4.tcp_max_tw_buckets)
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  sysctl -qw net.ipv4.tcp_max_tw_buckets="$tw_old"
-  stop_all
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-# As run.sh: no TIME_WAIT sockets during the run, so that connection rates do not depend on order.
-sysctl -qw net.ipv4.tcp_max_tw_buckets=0
+no_time_wait_until_exit
 
 profiles=$run/pgo-profiles
 rm -rf "$profiles" && mkdir -p "$profiles"

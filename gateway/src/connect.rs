@@ -115,7 +115,7 @@ pub struct ConnectListener {
 
 /// How long the kernel holds a connection that has sent nothing before handing it over anyway
 /// (`TCP_DEFER_ACCEPT`): one SYN-ACK retransmission.
-pub const DEFER_ACCEPT_SECS: u32 = 1;
+pub const DEFER_ACCEPT_SECS: libc::c_int = 1;
 
 /// Accepts until `stop` turns true.
 pub async fn serve(listener: TcpListener, ctx: Arc<ConnectListener>, stop: watch::Receiver<bool>) {

@@ -199,8 +199,7 @@ pub fn set_bind_address_no_port(socket: RawFd) -> io::Result<()> {
 /// arrived on it, or once `seconds` have passed (Linux rounds them up to SYN-ACK
 /// retransmissions: 1 s is one retransmission, after which the caller's next ACK completes the
 /// accept without data).
-pub fn set_defer_accept(socket: RawFd, seconds: u32) -> io::Result<()> {
-    let seconds = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
+pub fn set_defer_accept(socket: RawFd, seconds: libc::c_int) -> io::Result<()> {
     set_int_option(socket, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, seconds)
 }
 

@@ -60,18 +60,12 @@ enum Mode {
     Sni { port: u16 },
 }
 
-impl Mode {
-    /// A silent client is decided on its original destination, after `silentClientTimeout`;
-    /// an `sni` listener has none, and waits the whole `headerReadTimeout` before refusing.
-    fn decides_silence(self) -> bool {
-        !matches!(self, Mode::Sni { .. })
-    }
-}
-
 /// One `transparent` or `sni` listener.
 pub struct PeekListener {
     pub name: String,
     mode: Mode,
+    /// Only ever set on a `transparent` listener (config.rs refuses it on `sni`, which waits the
+    /// whole `headerReadTimeout` before refusing a silent client).
     silent_client_timeout: Option<std::time::Duration>,
     pub gateway: Arc<Gateway>,
     pub metrics: ListenerMetrics,
@@ -284,10 +278,7 @@ async fn proxy(
     // Durations are validated to at most a year (config.rs), so these sums cannot overflow.
     let deadline = Deadlines {
         head: start + limits.header_read_timeout,
-        silent: ctx
-            .silent_client_timeout
-            .filter(|_| ctx.mode.decides_silence())
-            .map(|d| start + d),
+        silent: ctx.silent_client_timeout.map(|d| start + d),
     };
 
     // Where the connection was going, before anything is read.
