@@ -15,12 +15,20 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::reason::Reason;
+use crate::transparent::Nameless;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabels {
     listener: String,
     decision: &'static str,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamelessLabels {
+    listener: String,
+    cause: &'static str,
+    decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,6 +69,7 @@ pub struct RuleLabels {
 pub struct Metrics {
     registry: Registry,
     connections: Family<ConnectionLabels, Counter>,
+    nameless: Family<NamelessLabels, Counter>,
     active: Family<ListenerLabels, Gauge>,
     bytes: Family<BytesLabels, Counter>,
     pub upstream_connect_seconds: Histogram,
@@ -180,6 +189,8 @@ fn verdict_index(v: Verdict) -> usize {
 pub struct ListenerMetrics {
     name: String,
     outcomes: Vec<OnceLock<Counter>>,
+    /// By verdict and [`Nameless`] cause, created at first use.
+    nameless: Vec<OnceLock<Counter>>,
     pub active: Gauge,
     pub bytes_up: Counter,
     pub bytes_down: Counter,
@@ -193,6 +204,12 @@ impl Metrics {
             "egress_connections",
             "Connections by listener, decision and reason code",
             connections.clone(),
+        );
+        let nameless = Family::<NamelessLabels, Counter>::default();
+        registry.register(
+            "egress_nameless_connections",
+            "Connections on transparent and sni listeners decided without a host name, by cause and decision",
+            nameless.clone(),
         );
         let active = Family::<ListenerLabels, Gauge>::default();
         registry.register(
@@ -253,6 +270,7 @@ impl Metrics {
             registry,
             pod_cache,
             connections,
+            nameless,
             active,
             bytes,
             upstream_connect_seconds,
@@ -277,6 +295,9 @@ impl Metrics {
         ListenerMetrics {
             name: name.to_owned(),
             outcomes: (0..VERDICTS.len() * Reason::ALL.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            nameless: (0..VERDICTS.len() * Nameless::ALL.len())
                 .map(|_| OnceLock::new())
                 .collect(),
             active: self
@@ -332,6 +353,23 @@ impl Metrics {
                         listener: listener.name.clone(),
                         decision: verdict.as_str(),
                         reason: reason.as_str(),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    /// Counts a connection whose peek found no usable host name, with the decision it got (a
+    /// rejection for any reason counts as `deny`, as in `egress_connections_total`).
+    pub fn count_nameless(&self, listener: &ListenerMetrics, cause: Nameless, verdict: Verdict) {
+        let slot = verdict_index(verdict) * Nameless::ALL.len() + cause.index();
+        listener.nameless[slot]
+            .get_or_init(|| {
+                self.nameless
+                    .get_or_create(&NamelessLabels {
+                        listener: listener.name.clone(),
+                        cause: cause.as_str(),
+                        decision: verdict.as_str(),
                     })
                     .clone()
             })

@@ -49,6 +49,90 @@ const MAX_PEEK_READS: usize = 64;
 /// every TLS version accepts.
 const ACCESS_DENIED_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
 
+/// Why a connection on a `transparent` or `sni` listener has no host name to be decided on:
+/// the `cause` label of `egress_nameless_connections_total`, so that operators can see how much
+/// traffic only `cidr` rules govern, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nameless {
+    /// A ClientHello without `server_name`.
+    NoSni,
+    /// A ClientHello whose server name is an IP literal.
+    IpSni,
+    /// A ClientHello whose server name is not a valid host name.
+    InvalidSni,
+    /// A ClientHello with more than one server name.
+    MultipleSni,
+    /// An HTTP/1 request head without `Host`.
+    NoHost,
+    /// An HTTP/1 request whose `Host` is an IP literal.
+    IpHost,
+    /// An HTTP/1 request whose `Host` is not a valid host name.
+    InvalidHost,
+    /// An HTTP/1 request with more than one `Host`.
+    MultipleHost,
+    /// Neither TLS nor HTTP/1.
+    Opaque,
+    /// Nothing sent within `silentClientTimeout` (or `headerReadTimeout`): a server-first
+    /// protocol, or an idle client.
+    Silent,
+    /// A first byte, then no complete ClientHello or request head within `headerReadTimeout`.
+    Timeout,
+    /// No complete ClientHello or request head within the size cap or the read count.
+    TooLarge,
+    /// The client stopped sending (FIN or error) before a ClientHello or request head was
+    /// complete.
+    Closed,
+}
+
+impl Nameless {
+    pub const ALL: [Nameless; 13] = [
+        Nameless::NoSni,
+        Nameless::IpSni,
+        Nameless::InvalidSni,
+        Nameless::MultipleSni,
+        Nameless::NoHost,
+        Nameless::IpHost,
+        Nameless::InvalidHost,
+        Nameless::MultipleHost,
+        Nameless::Opaque,
+        Nameless::Silent,
+        Nameless::Timeout,
+        Nameless::TooLarge,
+        Nameless::Closed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Nameless::NoSni => "no_sni",
+            Nameless::IpSni => "ip_sni",
+            Nameless::InvalidSni => "invalid_sni",
+            Nameless::MultipleSni => "multiple_sni",
+            Nameless::NoHost => "no_host",
+            Nameless::IpHost => "ip_host",
+            Nameless::InvalidHost => "invalid_host",
+            Nameless::MultipleHost => "multiple_host",
+            Nameless::Opaque => "opaque",
+            Nameless::Silent => "silent",
+            Nameless::Timeout => "timeout",
+            Nameless::TooLarge => "too_large",
+            Nameless::Closed => "closed",
+        }
+    }
+
+    /// The position in [`Nameless::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What the peek saw, for the end of the connection: whether the caller spoke TLS (a refusal
+/// then gets an alert), and why no name was found, if none was.
+#[derive(Default)]
+struct Seen {
+    hello: bool,
+    nameless: Option<Nameless>,
+}
+
 /// How a listener learns where a connection was going.
 #[derive(Clone, Copy, Debug)]
 enum Mode {
@@ -103,14 +187,21 @@ async fn handle(ctx: Arc<PeekListener>, mut client: TcpStream, peer: SocketAddr)
     let gw = &*ctx.gateway;
     let active = gw.conns.enter(&ctx.metrics);
     let mut audit = AuditRecord::new(&ctx.name, peer);
-    let mut hello_seen = false;
+    let mut seen = Seen::default();
     let result = match active {
-        Some(_) => proxy(&ctx, &mut client, peer, &mut audit, &mut hello_seen).await,
+        Some(_) => proxy(&ctx, &mut client, peer, &mut audit, &mut seen).await,
         None => Err(Reject::new(Reason::Overloaded, "maxConnections reached")),
     };
     record_outcome(gw, &ctx.name, &ctx.metrics, peer, &mut audit, &result);
+    if let Some(cause) = seen.nameless {
+        let verdict = match &result {
+            Ok((verdict, _)) => *verdict,
+            Err(_) => Verdict::Deny,
+        };
+        gw.metrics.count_nameless(&ctx.metrics, cause, verdict);
+    }
     if result.is_err() {
-        refuse(&mut client, hello_seen).await;
+        refuse(&mut client, seen.hello).await;
     }
     drop(active);
     gw.audit.write(audit);
@@ -135,8 +226,13 @@ enum Peeked {
         tls: bool,
         ech: bool,
     },
-    /// No usable name; why, and the reason code an `sni` listener answers with.
-    Nameless { why: String, reason: Reason },
+    /// No usable name; why (for the audit line and the metric), and the reason code an `sni`
+    /// listener answers with.
+    Nameless {
+        why: String,
+        cause: Nameless,
+        reason: Reason,
+    },
 }
 
 /// Reads the first bytes until they say something, the cap is reached, the client stops
@@ -148,13 +244,14 @@ async fn peek(
     deadline: Deadlines,
     hello_seen: &mut bool,
 ) -> Peeked {
+    let nameless = |why: String, cause, reason| Peeked::Nameless { why, cause, reason };
     let mut reads = 0usize;
     loop {
         match sniff(buf) {
             Sniff::NeedMore => {}
             Sniff::Tls(hello) => {
                 *hello_seen = true;
-                let why = match hello.server_name {
+                let (why, cause) = match hello.server_name {
                     SniName::Host(name) => {
                         return Peeked::Name {
                             name: name.as_str().to_owned(),
@@ -162,18 +259,24 @@ async fn peek(
                             ech: hello.ech,
                         }
                     }
-                    SniName::Absent => "a ClientHello without a server name",
-                    SniName::IpLiteral => "a ClientHello whose server name is an IP literal",
-                    SniName::Invalid => "a ClientHello with an invalid server name",
-                    SniName::Multiple => "a ClientHello with more than one server name",
+                    SniName::Absent => ("a ClientHello without a server name", Nameless::NoSni),
+                    SniName::IpLiteral => (
+                        "a ClientHello whose server name is an IP literal",
+                        Nameless::IpSni,
+                    ),
+                    SniName::Invalid => (
+                        "a ClientHello with an invalid server name",
+                        Nameless::InvalidSni,
+                    ),
+                    SniName::Multiple => (
+                        "a ClientHello with more than one server name",
+                        Nameless::MultipleSni,
+                    ),
                 };
-                return Peeked::Nameless {
-                    why: why.to_owned(),
-                    reason: Reason::BadRequest,
-                };
+                return nameless(why.to_owned(), cause, Reason::BadRequest);
             }
             Sniff::Http(info) => {
-                let why = match info.host {
+                let (why, cause) = match info.host {
                     HostHeader::Host { name, .. } => {
                         return Peeked::Name {
                             name: name.as_str().to_owned(),
@@ -181,35 +284,44 @@ async fn peek(
                             ech: false,
                         }
                     }
-                    HostHeader::Absent => "an HTTP request without Host",
-                    HostHeader::IpLiteral => "an HTTP request whose Host is an IP literal",
-                    HostHeader::Invalid => "an HTTP request with an invalid Host",
-                    HostHeader::Multiple => "an HTTP request with more than one Host",
+                    HostHeader::Absent => ("an HTTP request without Host", Nameless::NoHost),
+                    HostHeader::IpLiteral => (
+                        "an HTTP request whose Host is an IP literal",
+                        Nameless::IpHost,
+                    ),
+                    HostHeader::Invalid => (
+                        "an HTTP request with an invalid Host",
+                        Nameless::InvalidHost,
+                    ),
+                    HostHeader::Multiple => (
+                        "an HTTP request with more than one Host",
+                        Nameless::MultipleHost,
+                    ),
                 };
-                return Peeked::Nameless {
-                    why: why.to_owned(),
-                    reason: Reason::BadRequest,
-                };
+                return nameless(why.to_owned(), cause, Reason::BadRequest);
             }
             Sniff::Opaque { reason } => {
-                return Peeked::Nameless {
-                    why: format!("neither TLS nor HTTP/1 ({reason})"),
-                    reason: Reason::BadRequest,
-                }
+                return nameless(
+                    format!("neither TLS nor HTTP/1 ({reason})"),
+                    Nameless::Opaque,
+                    Reason::BadRequest,
+                )
             }
         }
         if reads >= MAX_PEEK_READS {
-            return Peeked::Nameless {
-                why: format!("no complete ClientHello or request head in {MAX_PEEK_READS} reads"),
-                reason: Reason::HeaderTooLarge,
-            };
+            return nameless(
+                format!("no complete ClientHello or request head in {MAX_PEEK_READS} reads"),
+                Nameless::TooLarge,
+                Reason::HeaderTooLarge,
+            );
         }
         reads += 1;
         if buf.len() >= cap {
-            return Peeked::Nameless {
-                why: format!("no complete ClientHello or request head in {cap} bytes"),
-                reason: Reason::HeaderTooLarge,
-            };
+            return nameless(
+                format!("no complete ClientHello or request head in {cap} bytes"),
+                Nameless::TooLarge,
+                Reason::HeaderTooLarge,
+            );
         }
         // Read straight into `buf`'s spare room: at most 4 KiB more, never past the cap (the
         // capacity only grows exactly, and starts below the cap).
@@ -221,24 +333,33 @@ async fn peek(
         };
         let read = tokio::time::timeout_at(due, read_spare(client, buf)).await;
         match read {
-            Ok(Ok(0)) | Ok(Err(_)) => return Peeked::Nameless {
-                why: "the client stopped sending before a ClientHello or request head was complete"
-                    .to_owned(),
-                reason: Reason::BadRequest,
-            },
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return nameless(
+                    "the client stopped sending before a ClientHello or request head was complete"
+                        .to_owned(),
+                    Nameless::Closed,
+                    Reason::BadRequest,
+                )
+            }
             Ok(Ok(_)) => {}
             Err(_) => {
-                let why = if buf.is_empty() && due < deadline.head {
-                    "the client sent nothing within silentClientTimeout".to_owned()
+                let (why, cause) = if buf.is_empty() && due < deadline.head {
+                    (
+                        "the client sent nothing within silentClientTimeout",
+                        Nameless::Silent,
+                    )
                 } else if buf.is_empty() {
-                    "the client sent nothing within headerReadTimeout".to_owned()
+                    (
+                        "the client sent nothing within headerReadTimeout",
+                        Nameless::Silent,
+                    )
                 } else {
-                    "no complete ClientHello or request head within headerReadTimeout".to_owned()
+                    (
+                        "no complete ClientHello or request head within headerReadTimeout",
+                        Nameless::Timeout,
+                    )
                 };
-                return Peeked::Nameless {
-                    why,
-                    reason: Reason::HeaderTimeout,
-                };
+                return nameless(why.to_owned(), cause, Reason::HeaderTimeout);
             }
         }
     }
@@ -270,7 +391,7 @@ async fn proxy(
     client: &mut TcpStream,
     peer: SocketAddr,
     audit: &mut AuditRecord,
-    hello_seen: &mut bool,
+    seen: &mut Seen,
 ) -> Result<(Verdict, Reason), Reject> {
     let gw = &*ctx.gateway;
     let limits = &gw.config.limits;
@@ -317,7 +438,7 @@ async fn proxy(
 
     let cap = limits.max_header_bytes.max(MIN_PEEK);
     let mut peeked = Vec::with_capacity(4096);
-    let found = peek(client, &mut peeked, cap, deadline, hello_seen).await;
+    let found = peek(client, &mut peeked, cap, deadline, &mut seen.hello).await;
     let (dest, nameless) = match found {
         Peeked::Name { name, tls, ech } => {
             if matches!(ctx.mode, Mode::Sni { .. }) && !tls {
@@ -342,20 +463,23 @@ async fn proxy(
                 None,
             )
         }
-        Peeked::Nameless { why, reason } => match original {
-            // Only the original address is known: only a `cidr` rule can allow it.
-            Some(dst) => (
-                Destination {
-                    host: Host::Ip(egress_policy::canonical_ip(dst.ip())),
-                    port,
-                },
-                Some(why),
-            ),
-            None => {
-                audit.port = Some(port);
-                return Err(Reject::new(reason, why));
+        Peeked::Nameless { why, cause, reason } => {
+            seen.nameless = Some(cause);
+            match original {
+                // Only the original address is known: only a `cidr` rule can allow it.
+                Some(dst) => (
+                    Destination {
+                        host: Host::Ip(egress_policy::canonical_ip(dst.ip())),
+                        port,
+                    },
+                    Some(why),
+                ),
+                None => {
+                    audit.port = Some(port);
+                    return Err(Reject::new(reason, why));
+                }
             }
-        },
+        }
     };
     audit.host = Some(dest.host.to_string());
     audit.port = Some(dest.port);
@@ -409,4 +533,18 @@ async fn proxy(
     audit.bytes_down = relayed.down;
     audit.close = Some(relayed.close.as_str());
     Ok(allowed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Nameless;
+
+    #[test]
+    fn nameless_causes_index_their_table_and_have_distinct_labels() {
+        let mut labels = std::collections::HashSet::new();
+        for (i, c) in Nameless::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+            assert!(labels.insert(c.as_str()), "{} twice", c.as_str());
+        }
+    }
 }

@@ -178,6 +178,18 @@ async fn exec(ns: &str, args: &[&str]) -> (bool, String, String) {
 }
 
 /// Opens a TCP connection from inside a namespace, sends nothing, and prints what arrives.
+/// One sample of the gateway's metrics, read from inside its namespace (the admin listener is
+/// on the namespace's loopback).
+async fn metric_in_gw(lab: &Lab, gw: &Gateway, sample: &str) -> Option<f64> {
+    let url = format!("http://{}/metrics", gw.admin);
+    let (ok, out, err) = exec(&lab.ns("gw"), &["curl", "-sS", "--max-time", "5", &url]).await;
+    assert!(ok, "metrics: {err}");
+    out.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok())?
+    })
+}
+
 async fn silent_client(ns: &str, ip: &str, port: u16) -> (bool, String, String) {
     let script = format!("exec 3<>/dev/tcp/{ip}/{port} && timeout 5 cat <&3");
     exec(ns, &["bash", "-c", &script]).await
@@ -501,6 +513,17 @@ log: {{format: json, level: info}}
     assert!(line["details"]
         .as_str()
         .is_some_and(|d| d.contains("only a cidr rule")));
+    // Both are counted as decided without a name, by cause and decision.
+    for decision in ["allow", "deny"] {
+        let sample = format!(
+            "egress_nameless_connections_total{{listener=\"server-first\",cause=\"silent\",decision=\"{decision}\"}}"
+        );
+        assert_eq!(
+            metric_in_gw(&lab, &gw, &sample).await,
+            Some(1.0),
+            "{sample}"
+        );
+    }
     // A client that has spoken is waited for until headerReadTimeout, however slowly it goes
     // on: a request head whose Host comes 600 ms after its first line (past silentClientTimeout)
     // is decided on that name, not on the original address.

@@ -182,4 +182,20 @@ async fn peeks_that_fail_are_refused_with_their_reason() {
     })
     .await;
     assert_eq!(echo.accepted(), 0, "nothing refused may reach the upstream");
+
+    // Each nameless refusal is counted by its cause; plain HTTP had a name (the wrong protocol
+    // for this listener) and is not.
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let mut nameless: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("egress_nameless_connections_total{"))
+        .collect();
+    nameless.sort_unstable();
+    let expected: Vec<String> = ["ip_sni", "no_sni", "opaque", "silent", "too_large"]
+        .iter()
+        .map(|cause| {
+            format!("egress_nameless_connections_total{{listener=\"sni\",cause=\"{cause}\",decision=\"deny\"}} 1")
+        })
+        .collect();
+    assert_eq!(nameless, expected, "{metrics}");
 }
