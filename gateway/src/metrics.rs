@@ -185,6 +185,16 @@ fn verdict_index(v: Verdict) -> usize {
     }
 }
 
+/// Increments a listener's cached handle on one series of `family`, creating the series (with
+/// the labels `labels` builds) the first time, so later hits touch only an atomic.
+fn inc_slot<L>(slot: &OnceLock<Counter>, family: &Family<L, Counter>, labels: impl FnOnce() -> L)
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    slot.get_or_init(|| family.get_or_create(&labels()).clone())
+        .inc();
+}
+
 /// The metric handles of one listener, resolved once so the hot path touches only atomics.
 pub struct ListenerMetrics {
     name: String,
@@ -346,34 +356,26 @@ impl Metrics {
 
     pub fn count_connection(&self, listener: &ListenerMetrics, verdict: Verdict, reason: Reason) {
         let slot = verdict_index(verdict) * Reason::ALL.len() + reason.index();
-        listener.outcomes[slot]
-            .get_or_init(|| {
-                self.connections
-                    .get_or_create(&ConnectionLabels {
-                        listener: listener.name.clone(),
-                        decision: verdict.as_str(),
-                        reason: reason.as_str(),
-                    })
-                    .clone()
-            })
-            .inc();
+        inc_slot(&listener.outcomes[slot], &self.connections, || {
+            ConnectionLabels {
+                listener: listener.name.clone(),
+                decision: verdict.as_str(),
+                reason: reason.as_str(),
+            }
+        });
     }
 
     /// Counts a connection whose peek found no usable host name, with the decision it got (a
     /// rejection for any reason counts as `deny`, as in `egress_connections_total`).
     pub fn count_nameless(&self, listener: &ListenerMetrics, cause: Nameless, verdict: Verdict) {
         let slot = verdict_index(verdict) * Nameless::ALL.len() + cause.index();
-        listener.nameless[slot]
-            .get_or_init(|| {
-                self.nameless
-                    .get_or_create(&NamelessLabels {
-                        listener: listener.name.clone(),
-                        cause: cause.as_str(),
-                        decision: verdict.as_str(),
-                    })
-                    .clone()
-            })
-            .inc();
+        inc_slot(&listener.nameless[slot], &self.nameless, || {
+            NamelessLabels {
+                listener: listener.name.clone(),
+                cause: cause.as_str(),
+                decision: verdict.as_str(),
+            }
+        });
     }
 }
 

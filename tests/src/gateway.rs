@@ -310,10 +310,7 @@ impl Gateway {
     /// The value of one metric sample, e.g. `egress_connections_total{listener="proxy",...}`.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let (_, body) = self.admin_get("/metrics").await;
-        body.lines().find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse().ok())?
-        })
+        sample_value(&body, sample)
     }
 
     /// Waits (up to the deadline) for a metric sample to exist with a value of at least `min`;
@@ -364,4 +361,12 @@ impl Drop for Gateway {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The value of one sample (`name{labels}`, exactly) in a Prometheus text exposition.
+pub fn sample_value(exposition: &str, sample: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok())?
+    })
 }

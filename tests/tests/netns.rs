@@ -177,19 +177,16 @@ async fn exec(ns: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// Opens a TCP connection from inside a namespace, sends nothing, and prints what arrives.
 /// One sample of the gateway's metrics, read from inside its namespace (the admin listener is
 /// on the namespace's loopback).
 async fn metric_in_gw(lab: &Lab, gw: &Gateway, sample: &str) -> Option<f64> {
     let url = format!("http://{}/metrics", gw.admin);
     let (ok, out, err) = exec(&lab.ns("gw"), &["curl", "-sS", "--max-time", "5", &url]).await;
     assert!(ok, "metrics: {err}");
-    out.lines().find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == sample).then(|| value.parse().ok())?
-    })
+    egress_tests::gateway::sample_value(&out, sample)
 }
 
+/// Opens a TCP connection from inside a namespace, sends nothing, and prints what arrives.
 async fn silent_client(ns: &str, ip: &str, port: u16) -> (bool, String, String) {
     let script = format!("exec 3<>/dev/tcp/{ip}/{port} && timeout 5 cat <&3");
     exec(ns, &["bash", "-c", &script]).await
