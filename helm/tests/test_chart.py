@@ -9,6 +9,7 @@ given to the real gateway binary. The property tests below pin the chart's promi
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ SELECTOR = {"app.kubernetes.io/name": "egress-gateway", "app.kubernetes.io/insta
 # test_crd_objects_are_well_formed checks them field by field instead.
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("cert-manager.io/v1", "Certificate"),
 }
 
@@ -110,6 +112,8 @@ def test_crd_objects_are_well_formed(value_set: str) -> None:
     for obj in rendered.objects:
         if (obj["apiVersion"], obj["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor"):
             check_service_monitor(rendered, obj)
+        elif (obj["apiVersion"], obj["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule"):
+            check_prometheus_rule(obj)
         elif (obj["apiVersion"], obj["kind"]) == ("cert-manager.io/v1", "Certificate"):
             check_certificate(rendered, obj)
         else:
@@ -148,6 +152,128 @@ def check_service_monitor(rendered: Rendered, sm: dict[str, Any]) -> None:
     assert [p["name"] for p in matching[0]["spec"]["ports"]] == ["admin"]
     for key in ("interval", "scrapeTimeout"):
         assert GO_DURATION.match(endpoint[key]), endpoint[key]
+
+
+# A Prometheus duration, as the PrometheusRule CRD's pattern for `for` has it.
+PROM_DURATION = re.compile(r"^(0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)$")
+PROM_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def check_prometheus_rule(rule: dict[str, Any]) -> None:
+    check_metadata(rule)
+    assert set(rule["spec"]) == {"groups"}
+    (group,) = rule["spec"]["groups"]
+    assert set(group) == {"name", "rules"} and group["name"] == RELEASE
+    assert isinstance(group["rules"], list)
+    names = [r["alert"] for r in group["rules"] if "alert" in r]
+    assert len(names) == len(set(names)), names
+    for r in group["rules"]:
+        assert set(r) <= {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}, r
+        assert ("alert" in r) != ("record" in r), r
+        assert isinstance(r["expr"], str) and r["expr"].strip(), r
+        check_promql(r["expr"])
+        for key in ("for", "keep_firing_for"):
+            if key in r:
+                assert PROM_DURATION.match(r[key]) and r[key], r
+        for name, value in r.get("labels", {}).items():
+            assert PROM_LABEL_NAME.match(name) and isinstance(value, str), r
+        for text in r.get("annotations", {}).values():
+            # Prometheus expands these as Go templates: balanced actions, no Helm leftovers.
+            assert isinstance(text, str) and text.count("{{") == text.count("}}"), text
+            assert "<no value>" not in text and "%!" not in text, text
+    for r in group["rules"]:
+        if r.get("alert") in DEFAULT_ALERTS:
+            check_default_alert(r)
+    # Every metric an expression names is one the gateway exports (the rules of one's own
+    # included: the value sets' are meant to be examples that work).
+    for r in group["rules"]:
+        for metric in promql_metrics(r["expr"]):
+            assert metric == "up" or metric in exported_metrics(), (
+                f"{r.get('alert') or r.get('record')}: {metric} is not a metric the gateway exports"
+            )
+
+
+# The chart's default alerts, and the metric each one reads.
+DEFAULT_ALERTS = {
+    "EgressPolicyReloadFailed": "egress_policy_reloads_total",
+    "EgressTLSReloadFailed": "egress_tls_reloads_total",
+    "EgressPodCacheNotSynced": "egress_pod_cache_synced",
+    "EgressPodWatchFailing": "egress_pod_cache_up",
+    "EgressPodCacheStale": "egress_pod_cache_stale_seconds",
+    "EgressNamelessConnectionsAllowed": "egress_nameless_connections_total",
+    "EgressGatewayDown": "up",
+}
+
+
+def check_default_alert(r: dict[str, Any]) -> None:
+    assert promql_metrics(r["expr"]) == {DEFAULT_ALERTS[r["alert"]]}, r["expr"]
+    assert r["labels"]["severity"]
+    assert re.search(r" (==|>) [0-9]+(\.[0-9]+)?$", r["expr"]), r["expr"]
+    assert set(r["annotations"]) == {"summary", "description"}
+    assert "\n" not in r["annotations"]["summary"]
+    # An aggregation keeps only its `by` labels: the annotations may name no others.
+    by = re.match(r"^sum by \(([^)]*)\)", r["expr"])
+    if by:
+        kept = {label.strip() for label in by.group(1).split(",")}
+        for text in r["annotations"].values():
+            used = set(re.findall(r"\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)", text))
+            assert used <= kept, (r["alert"], used - kept)
+
+
+def strip_promql_strings(expr: str) -> str:
+    return re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+
+
+def check_promql(expr: str) -> None:
+    """What can be checked of PromQL without a parser: closed strings, balanced brackets, no
+    template leftovers, range selectors with a Prometheus duration, well-formed label matchers."""
+    assert "{{" not in expr and "<no value>" not in expr and "%!" not in expr, expr
+    bare = strip_promql_strings(expr)
+    assert '"' not in bare.replace('""', ""), f"unclosed string in {expr}"
+    stack = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for ch in bare:
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in pairs:
+            assert stack and stack.pop() == pairs[ch], f"unbalanced {ch!r} in {expr}"
+    assert not stack, f"unclosed {stack} in {expr}"
+    for window in re.findall(r"\[([^\]]*)\]", bare):
+        assert PROM_DURATION.match(window) and re.search("[1-9]", window), f"bad range [{window}] in {expr}"
+    # Label matchers: name, operator, string.
+    for matchers in re.findall(r"\{([^}]*)\}", bare):
+        for matcher in filter(None, (m.strip() for m in matchers.split(","))):
+            assert re.fullmatch(r'[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*""', matcher), f"{matcher!r} in {expr}"
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The metric names an expression reads (the gateway's, and Prometheus's `up`)."""
+    bare = strip_promql_strings(expr)
+    # Inside braces are label names, after `by`/`without` too.
+    bare = re.sub(r"\{[^}]*\}", "{}", bare)
+    bare = re.sub(r"\b(by|without)\s*\([^)]*\)", "", bare)
+    return set(re.findall(r"\b(egress_[a-z0-9_]+|up)\b", bare))
+
+
+def documented_metrics() -> set[str]:
+    """The metrics docs/configuration.md documents: the first column of the tables of its Metrics
+    section."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    section = text.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `(egress_[a-z0-9_]+)` \|", section, re.M))
+
+
+def registered_metrics() -> set[str]:
+    """The metrics gateway/src/metrics.rs registers, with the `_total` a counter is exported with
+    (prometheus-client adds it to a counter's name)."""
+    source = (REPO / "gateway" / "src" / "metrics.rs").read_text()
+    names = set(re.findall(r'register\(\s*"(egress_[a-z0-9_]+)"', source))
+    return names | {f"{n}_total" for n in names}
+
+
+@functools.lru_cache(maxsize=None)
+def exported_metrics() -> frozenset[str]:
+    return frozenset(documented_metrics() & registered_metrics())
 
 
 def check_certificate(rendered: Rendered, cert: dict[str, Any]) -> None:
@@ -875,6 +1001,236 @@ def test_host_network_lockdown_needs_the_node_addresses() -> None:
     assert "lockdown.gatewayCidrs" in message
 
 
+# PrometheusRule ------------------------------------------------------------------------------
+
+SCRAPED = 'job="egress-gateway-admin",namespace="egress"'  # the ServiceMonitor's targets
+
+
+def alert_rules(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    (group,) = rendered.one("PrometheusRule")["spec"]["groups"]
+    return {r["alert"]: r for r in group["rules"] if "alert" in r}
+
+
+def prometheus_rule_values(**changes: Any) -> dict[str, Any]:
+    values = values_with(**changes)
+    values.setdefault("prometheusRule", {})["enabled"] = True
+    return values
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_prometheus_rule_exists_exactly_when_enabled(value_set: str) -> None:
+    enabled = load_values(value_set).get("prometheusRule", {}).get("enabled", False)
+    assert len(render_set(value_set).all("PrometheusRule")) == (1 if enabled else 0)
+
+
+def test_prometheus_rule_namespace_and_labels() -> None:
+    rule = render(prometheus_rule_values()).one("PrometheusRule")
+    assert rule["metadata"]["namespace"] == NAMESPACE
+    assert rule["metadata"]["labels"].items() >= SELECTOR.items()
+    rule = render_set("prometheus-rule").one("PrometheusRule")
+    assert rule["metadata"]["name"] == RELEASE
+    assert rule["metadata"]["namespace"] == "monitoring"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["metadata"]["labels"].items() >= SELECTOR.items()
+
+
+def test_every_default_alert_with_every_feature() -> None:
+    alerts = alert_rules(render_set("prometheus-rule"))
+    expected = {
+        "EgressPolicyReloadFailed": f'increase(egress_policy_reloads_total{{{SCRAPED},result="error"}}[10m]) > 0',
+        "EgressTLSReloadFailed": f'increase(egress_tls_reloads_total{{{SCRAPED},result="error"}}[10m]) > 0',
+        "EgressPodCacheNotSynced": f"egress_pod_cache_synced{{{SCRAPED}}} == 0",
+        "EgressPodWatchFailing": f"egress_pod_cache_up{{{SCRAPED}}} == 0",
+        # Half of identity.kubernetes.maxStaleness (2m).
+        "EgressPodCacheStale": f"egress_pod_cache_stale_seconds{{{SCRAPED}}} > 60",
+        "EgressNamelessConnectionsAllowed": (
+            "sum by (namespace, listener, cause) "
+            f'(increase(egress_nameless_connections_total{{{SCRAPED},decision="allow"}}[1h])) > 0'
+        ),
+        "EgressGatewayDown": f"up{{{SCRAPED}}} == 0",
+    }
+    # The default alerts, then the value set's own rules.
+    assert list(alerts) == [*expected, "EgressDeniedConnectionsHigh"]
+    for name, expr in expected.items():
+        assert alerts[name]["expr"] == expr, name
+    fors = {name: alerts[name]["for"] for name in expected}
+    assert fors == {
+        "EgressPolicyReloadFailed": "0m", "EgressTLSReloadFailed": "0m", "EgressPodCacheNotSynced": "10m",
+        "EgressPodWatchFailing": "5m", "EgressPodCacheStale": "0m", "EgressNamelessConnectionsAllowed": "0m",
+        "EgressGatewayDown": "5m",
+    }
+    for name in expected:
+        labels = alerts[name]["labels"]
+        assert labels == {"severity": "critical" if name == "EgressPodCacheStale" else "warning", "team": "platform"}
+    assert "2m" in alerts["EgressPodCacheStale"]["annotations"]["description"]
+    assert "maxStaleness" in alerts["EgressPodWatchFailing"]["annotations"]["description"]
+
+
+def test_alerts_follow_the_features_that_export_their_metrics() -> None:
+    # Only the policy is always there.
+    assert list(alert_rules(render(prometheus_rule_values()))) == ["EgressPolicyReloadFailed"]
+    # Unscoped without a ServiceMonitor (no job label is known), and no `up` alert then.
+    (only,) = alert_rules(render(prometheus_rule_values())).values()
+    assert only["expr"] == 'increase(egress_policy_reloads_total{result="error"}[10m]) > 0'
+    # The egress_pod_cache_* metrics exist only with Pod identity; the stale alert needs a threshold.
+    identity = alert_rules(render(prometheus_rule_values(**{"identity.kubernetes.enabled": True})))
+    assert list(identity) == ["EgressPolicyReloadFailed", "EgressPodCacheNotSynced", "EgressPodWatchFailing"]
+    assert "maxStaleness" not in identity["EgressPodWatchFailing"]["annotations"]["description"]
+    no_identity = render(prometheus_rule_values(**{"prometheusRule.alerts.podCacheStale.threshold": "1m"}))
+    assert "EgressPodCacheStale" not in alert_rules(no_identity)
+    stale = alert_rules(render(prometheus_rule_values(**{
+        "identity.kubernetes.enabled": True, "identity.kubernetes.maxStaleness": "1m 30s",
+    })))["EgressPodCacheStale"]
+    assert stale["expr"] == "egress_pod_cache_stale_seconds > 45"
+    # TLS reloads only with an enabled listener that has `tls:`.
+    tls = prometheus_rule_values(**{"listeners.proxy-mtls.enabled": True, "tls.existingSecret": "s"})
+    assert "EgressTLSReloadFailed" in alert_rules(render(tls))
+    # Nameless connections only with an enabled transparent or sni listener.
+    for listener in ("transparent", "sni"):
+        alerts = alert_rules(render(prometheus_rule_values(**{f"listeners.{listener}.enabled": True})))
+        assert list(alerts) == ["EgressPolicyReloadFailed", "EgressNamelessConnectionsAllowed"]
+    # `up` only when the job is known.
+    monitored = alert_rules(render(prometheus_rule_values(**{"serviceMonitor.enabled": True})))
+    assert monitored["EgressGatewayDown"]["expr"] == f"up{{{SCRAPED}}} == 0"
+
+
+def test_the_scrape_labels_follow_the_release_name_and_the_service_monitor() -> None:
+    values = prometheus_rule_values(**{"serviceMonitor.enabled": True, "fullnameOverride": "egw"})
+    rendered = render(values)
+    service = rendered.one("Service", "egw-admin")
+    assert service["metadata"]["labels"].items() >= rendered.one("ServiceMonitor")["spec"]["selector"]["matchLabels"].items()
+    # The Prometheus Operator names the job after the Service, as the ServiceMonitor sets no jobLabel.
+    assert "jobLabel" not in rendered.one("ServiceMonitor")["spec"]
+    for rule in alert_rules(rendered).values():
+        assert 'job="egw-admin",namespace="egress"' in rule["expr"], rule["expr"]
+
+
+def test_an_explicit_selector_scopes_every_alert() -> None:
+    values = {
+        "prometheusRule": {"enabled": True, "selector": 'job="egress", cluster="eu-1",'},
+        "identity": {"kubernetes": {"enabled": True, "maxStaleness": "2m"}},
+        "listeners": {"sni": {"enabled": True}, "proxy-mtls": {"enabled": True}},
+        "tls": {"existingSecret": "s"},
+    }
+    alerts = alert_rules(render(values))
+    assert set(alerts) == set(DEFAULT_ALERTS)
+    for rule in alerts.values():
+        assert 'job="egress", cluster="eu-1"' in rule["expr"] and ",," not in rule["expr"], rule["expr"]
+        check_promql(rule["expr"])
+    assert alerts["EgressGatewayDown"]["expr"] == 'up{job="egress", cluster="eu-1"} == 0'
+
+
+def test_alert_tunables_reach_the_rule() -> None:
+    values = {
+        "prometheusRule": {
+            "enabled": True,
+            "alerts": {
+                "policyReloadFailed": {"window": "30m", "for": "2m", "severity": "critical"},
+                "tlsReloadFailed": {"window": "1h", "for": "1m", "severity": "info"},
+                "podCacheNotSynced": {"for": "20m", "severity": "critical"},
+                "podWatchFailing": {"for": "1m30s", "severity": "critical"},
+                "podCacheStale": {"threshold": "5m", "for": "1m", "severity": "warning"},
+                "namelessConnectionsAllowed": {"window": "6h", "threshold": 10, "for": "15m", "severity": "info"},
+                "gatewayDown": {"for": "10m", "severity": "critical"},
+            },
+        },
+        "serviceMonitor": {"enabled": True},
+        "identity": {"kubernetes": {"enabled": True, "maxStaleness": "2m"}},
+        "listeners": {"transparent": {"enabled": True}, "proxy-mtls": {"enabled": True}},
+        "tls": {"existingSecret": "s"},
+    }
+    alerts = alert_rules(render(values))
+    assert "[30m]" in alerts["EgressPolicyReloadFailed"]["expr"]
+    assert "[1h]" in alerts["EgressTLSReloadFailed"]["expr"]
+    assert alerts["EgressPodCacheStale"]["expr"].endswith(" > 300")  # the threshold wins over maxStaleness
+    nameless = alerts["EgressNamelessConnectionsAllowed"]
+    assert "[6h]" in nameless["expr"] and nameless["expr"].endswith(" > 10")
+    assert "6h" in nameless["annotations"]["description"]
+    for key, name in [
+        ("policyReloadFailed", "EgressPolicyReloadFailed"), ("tlsReloadFailed", "EgressTLSReloadFailed"),
+        ("podCacheNotSynced", "EgressPodCacheNotSynced"), ("podWatchFailing", "EgressPodWatchFailing"),
+        ("podCacheStale", "EgressPodCacheStale"), ("namelessConnectionsAllowed", "EgressNamelessConnectionsAllowed"),
+        ("gatewayDown", "EgressGatewayDown"),
+    ]:
+        given = values["prometheusRule"]["alerts"][key]
+        assert alerts[name]["for"] == given["for"] and alerts[name]["labels"]["severity"] == given["severity"], name
+    # Each one can be switched off.
+    for key, name in [
+        ("policyReloadFailed", "EgressPolicyReloadFailed"), ("podCacheStale", "EgressPodCacheStale"),
+        ("gatewayDown", "EgressGatewayDown"),
+    ]:
+        off = copy.deepcopy(values)
+        off["prometheusRule"]["alerts"][key]["enabled"] = False
+        assert set(alert_rules(render(off))) == set(DEFAULT_ALERTS) - {name}
+
+
+def test_alert_thresholds_are_plain_numbers() -> None:
+    # Helm reads numbers as floats, which print as 1e+06; the rule has them in full.
+    alerts = alert_rules(render(prometheus_rule_values(**{
+        "identity.kubernetes.enabled": True, "identity.kubernetes.maxStaleness": "2000h",
+        "listeners.sni.enabled": True, "prometheusRule.alerts.namelessConnectionsAllowed.threshold": 1000000,
+    })))
+    assert alerts["EgressPodCacheStale"]["expr"] == "egress_pod_cache_stale_seconds > 3600000"
+    assert alerts["EgressNamelessConnectionsAllowed"]["expr"].endswith(") > 1000000")
+    odd = render(prometheus_rule_values(**{"identity.kubernetes.enabled": True, "identity.kubernetes.maxStaleness": "3s"}))
+    assert alert_rules(odd)["EgressPodCacheStale"]["expr"] == "egress_pod_cache_stale_seconds > 1.5"
+
+
+def test_nameless_alert_ignores_listeners() -> None:
+    values = prometheus_rule_values(**{
+        "listeners.transparent.enabled": True,
+        "listeners.smtp": {"kind": "transparent", "port": 15025, "silentClientTimeout": "200ms"},
+        "listeners.sni.enabled": True,
+        "prometheusRule.alerts.namelessConnectionsAllowed.ignoreListeners": ["smtp", "sni"],
+    })
+    expr = alert_rules(render(values))["EgressNamelessConnectionsAllowed"]["expr"]
+    assert 'egress_nameless_connections_total{decision="allow",listener!~"smtp|sni"}' in expr
+    # With every such listener ignored, the alert would watch nothing: it is left out.
+    values["prometheusRule"]["alerts"]["namelessConnectionsAllowed"]["ignoreListeners"] = ["smtp", "sni", "transparent"]
+    assert "EgressNamelessConnectionsAllowed" not in alert_rules(render(values))
+    message = render_error(prometheus_rule_values(**{
+        "prometheusRule.alerts.namelessConnectionsAllowed.ignoreListeners": ["smpt"],
+    }))
+    assert "ignoreListeners" in message and '"smpt"' in message
+
+
+def test_additional_rules_are_appended_verbatim() -> None:
+    own = load_values("prometheus-rule")["prometheusRule"]["additionalRules"]
+    (group,) = render_set("prometheus-rule").one("PrometheusRule")["spec"]["groups"]
+    assert group["rules"][-len(own):] == own
+    assert group["rules"][: -len(own)] and all(r["alert"] in DEFAULT_ALERTS for r in group["rules"][: -len(own)])
+    # Without default alerts the group holds only them, or nothing.
+    all_off = {k: {"enabled": False} for k in (
+        "policyReloadFailed", "tlsReloadFailed", "podCacheNotSynced", "podWatchFailing", "podCacheStale",
+        "namelessConnectionsAllowed", "gatewayDown",
+    )}
+    only_own = render({"prometheusRule": {"enabled": True, "alerts": all_off, "additionalRules": own}})
+    assert only_own.one("PrometheusRule")["spec"]["groups"][0]["rules"] == own
+    empty = render({"prometheusRule": {"enabled": True, "alerts": all_off}})
+    assert empty.one("PrometheusRule")["spec"]["groups"][0]["rules"] == []
+    check_prometheus_rule(empty.one("PrometheusRule"))
+
+
+def test_the_alerts_metrics_are_exported_and_documented() -> None:
+    documented, registered = documented_metrics(), registered_metrics()
+    # The parsers find what they should (so that the checks below cannot pass on an empty set).
+    assert {"egress_connections_total", "egress_pod_cache_up", "egress_tls_reloads_total"} <= documented
+    assert {"egress_connections_total", "egress_pod_cache_up", "egress_tls_reloads_total"} <= registered
+    for metric in set(DEFAULT_ALERTS.values()) - {"up"}:
+        assert metric in documented, f"{metric} is not in docs/configuration.md"
+        assert metric in registered, f"{metric} is not registered in gateway/src/metrics.rs"
+    assert "egress_no_such_metric_total" not in exported_metrics()
+
+
+def test_deploy_md_shows_the_charts_expressions() -> None:
+    text = (REPO / "docs" / "deploy.md").read_text()
+    alerts = alert_rules(render(prometheus_rule_values(**{"listeners.transparent.enabled": True})))
+    for name in ("EgressPolicyReloadFailed", "EgressNamelessConnectionsAllowed"):
+        assert f"`{alerts[name]['expr']}`" in text, name
+    for key in ("prometheusRule.enabled", "prometheusRule.labels", "ignoreListeners", "additionalRules"):
+        assert key in text, key
+
+
 # NOTES ---------------------------------------------------------------------------------------
 
 
@@ -919,6 +1275,37 @@ def test_notes_tell_how_to_use_the_gateway_and_what_to_allowlist() -> None:
         ({"config": {"log": {"format": "xml"}}}, ["/config/log/format"]),
         ({"lockdown": {"namespaces": ["Payments"]}}, ["/lockdown/namespaces/0"]),
         ({"networkPolicy": {"listenerFrom": []}}, ["/networkPolicy/listenerFrom"]),
+        ({"prometheusRule": {"enabled": "true"}}, ["/prometheusRule/enabled", "boolean"]),
+        ({"prometheusRule": {"labels": {"release": 1}}}, ["/prometheusRule/labels/release", "string"]),
+        ({"prometheusRule": {"namespace": "Monitoring"}}, ["/prometheusRule/namespace"]),
+        ({"prometheusRule": {"selector": '{job="egress"}'}}, ["/prometheusRule/selector"]),
+        ({"prometheusRule": {"alertLabels": {"team-name": "x"}}}, ["'team-name' does not match"]),
+        ({"prometheusRule": {"alerts": {"policyReloadFailed": {"for": "5 minutes"}}}},
+         ["/prometheusRule/alerts/policyReloadFailed/for"]),
+        ({"prometheusRule": {"alerts": {"policyReloadFailed": {"window": "0m"}}}},
+         ["/prometheusRule/alerts/policyReloadFailed/window"]),
+        ({"prometheusRule": {"alerts": {"policyReloadFailed": {"window": "10 m"}}}},
+         ["/prometheusRule/alerts/policyReloadFailed/window"]),
+        ({"prometheusRule": {"alerts": {"namelessConnectionsAllowed": {"threshold": "0"}}}},
+         ["/prometheusRule/alerts/namelessConnectionsAllowed/threshold", "integer"]),
+        ({"prometheusRule": {"alerts": {"namelessConnectionsAllowed": {"threshold": -1}}}},
+         ["/prometheusRule/alerts/namelessConnectionsAllowed/threshold", "minimum"]),
+        ({"prometheusRule": {"alerts": {"namelessConnectionsAllowed": {"ignoreListeners": "smtp"}}}},
+         ["/prometheusRule/alerts/namelessConnectionsAllowed/ignoreListeners", "array"]),
+        ({"prometheusRule": {"alerts": {"podCacheStale": {"threshold": 60}}}},
+         ["/prometheusRule/alerts/podCacheStale/threshold"]),
+        ({"prometheusRule": {"alerts": {"gatewayDown": {"enabled": "no"}}}},
+         ["/prometheusRule/alerts/gatewayDown/enabled", "boolean"]),
+        ({"prometheusRule": {"alerts": {"gatewayDown": {"severity": ""}}}},
+         ["/prometheusRule/alerts/gatewayDown/severity"]),
+        ({"prometheusRule": {"alerts": {"targetDown": {"enabled": True}}}}, ["/prometheusRule/alerts", "targetDown"]),
+        ({"prometheusRule": {"additionalRules": {"alert": "X", "expr": "up == 0"}}},
+         ["/prometheusRule/additionalRules", "array"]),
+        ({"prometheusRule": {"additionalRules": [{"alert": "X"}]}}, ["/prometheusRule/additionalRules/0", "expr"]),
+        ({"prometheusRule": {"additionalRules": [{"alert": "X", "record": "x", "expr": "up"}]}},
+         ["/prometheusRule/additionalRules/0"]),
+        ({"prometheusRule": {"additionalRules": [{"alert": "X", "expr": "up", "for": 5}]}},
+         ["/prometheusRule/additionalRules/0/for"]),
     ],
 )
 def test_bad_values_are_refused_by_the_schema(values: dict[str, Any], names: list[str]) -> None:
