@@ -234,6 +234,13 @@ fn main() -> ExitCode {
                 }
             }
             init_logging(&cfg);
+            match sys::raise_open_files_limit() {
+                Ok((before, after)) if before != after => {
+                    tracing::info!(from = before, to = after, "open files limit raised");
+                }
+                Ok((_, limit)) => tracing::info!(limit, "open files limit"),
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+            }
             let mut builder = match runtime_builder() {
                 Ok(b) => b,
                 Err(e) => {

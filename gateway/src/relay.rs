@@ -402,7 +402,18 @@ async fn pump(
         // Take all that is there (up to the pipe's size), then pass all of it on: large,
         // infrequent transfers wake the peers less often than many small ones.
         while !eof && pipe.pending < pipe.capacity {
-            match src.try_io(Interest::READABLE, || pipe.fill_from(src.as_raw_fd())) {
+            let filled = if pipe.pending == 0 {
+                // An empty pipe has room, so EAGAIN means that `src` is empty: tokio may clear
+                // its readiness and wait for the next edge.
+                src.try_io(Interest::READABLE, || pipe.fill_from(src.as_raw_fd()))
+            } else {
+                // A pipe is full when its slots run out (one per received fragment), which can
+                // be long before `capacity` bytes. That EAGAIN does not mean `src` is empty and
+                // must not clear its readiness: edge-triggered, no new edge would come while
+                // its queue still holds data, and the tunnel would hang.
+                pipe.fill_from(src.as_raw_fd())
+            };
+            match filled {
                 Ok(0) => eof = true,
                 Ok(_) => progressed = true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -430,13 +441,10 @@ async fn pump(
             }
             continue;
         }
-        let can_fill = !eof && pipe.pending < pipe.capacity;
-        if can_fill && pipe.pending > 0 {
-            tokio::select! {
-                r = src.readable() => r?,
-                w = dst.writable() => w?,
-            }
-        } else if can_fill {
+        // Nothing moved. An empty pipe waits for `src`. A pipe with bytes in it could not give
+        // any (`dst` is full), and whether it could take more is unknown (see above): only
+        // `dst` can move things on.
+        if pipe.pending == 0 {
             src.readable().await?;
         } else {
             dst.writable().await?;
@@ -479,5 +487,77 @@ async fn copy(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{relay, Close, Meters};
+    use prometheus_client::metrics::counter::Counter;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// A bulk download through pipes that are full after one page, though they claim 256 KiB:
+    /// every bulk fill then ends in an EAGAIN from the pipe while the socket still holds data.
+    /// All of it must arrive, with the sender's socket still open (no FIN to wake the relay).
+    #[tokio::test(flavor = "current_thread")]
+    async fn bulk_relay_goes_on_when_the_pipe_fills_before_its_byte_count() {
+        crate::sys::tests::shrink_pipes_on_this_thread();
+        const TOTAL: usize = 8 << 20;
+        let (mut sender, src) = pair().await;
+        let (dst, mut receiver) = pair().await;
+        let (up, down) = (Counter::default(), Counter::default());
+        let meters = Meters {
+            up: &up,
+            down: &down,
+        };
+        let tunnel = relay(
+            &src,
+            &dst,
+            Duration::from_secs(3600),
+            std::future::pending::<Close>(),
+            meters,
+        );
+        let send = async {
+            let chunk = vec![0x5a_u8; 256 * 1024];
+            for _ in 0..TOTAL / chunk.len() {
+                sender.write_all(&chunk).await.unwrap();
+            }
+            // Keep `sender` open: the relay must not depend on an EOF to see the rest.
+            std::future::pending::<()>().await
+        };
+        let receive = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut got = 0;
+            while got < TOTAL {
+                let n = receiver.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the relay closed after {got} bytes");
+                assert!(buf[..n].iter().all(|&b| b == 0x5a));
+                got += n;
+                // A slow reader: the pipe's bytes wait on `dst`, and `src` backs up meanwhile.
+                if got % (256 * 1024) < n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            got
+        };
+        let got = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::select! {
+                got = receive => got,
+                () = send => unreachable!("the sender never finishes"),
+                r = tunnel => panic!("the relay ended early: {:?}", r.close),
+            }
+        })
+        .await
+        .expect("the relay stalled with data queued in the gateway");
+        assert_eq!(got, TOTAL);
     }
 }

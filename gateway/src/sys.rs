@@ -26,6 +26,8 @@ pub fn coarse_millis() -> u64 {
 
 /// Pipe capacity for spliced tunnels (the kernel default is 64 KiB).
 const PIPE_SIZE: libc::c_int = 256 * 1024;
+/// The smallest pipe Linux makes.
+const PAGE: usize = 4096;
 
 /// A non-blocking pipe that carries spliced bytes from one socket to another.
 pub struct Pipe {
@@ -46,9 +48,19 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: F_SETPIPE_SZ on a pipe we own; failure only leaves the default size.
+        // SAFETY: F_SETPIPE_SZ on a pipe we own; failure only leaves the size it has.
         let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-        let capacity = if size > 0 { size as usize } else { 64 * 1024 };
+        // Refused (EPERM once the user's pipe budget, fs.pipe-user-pages-soft, is spent): the
+        // pipe may be as small as two pages, so ask it rather than assume the default.
+        // SAFETY: F_GETPIPE_SZ on a pipe we own.
+        let size = if size > 0 {
+            size
+        } else {
+            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) }
+        };
+        let capacity = if size > 0 { size as usize } else { PAGE };
+        #[cfg(test)]
+        tests::shrink(&write);
         Ok(Pipe {
             read,
             write,
@@ -91,6 +103,29 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// Raises the soft limit on open files to the hard limit, as a server that holds two sockets and
+/// up to two pipes per tunnel must: container runtimes and systemd often start processes with a
+/// soft limit of 1024, which would stop accepting after a few hundred tunnels. Returns the soft
+/// limit before and after.
+pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
+    // SAFETY: an all-zero rlimit is a valid value of the type.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is valid for writes.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the hard one needs no
+        // privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, lim.rlim_cur))
 }
 
 /// Shuts down the sending side of a socket (half-close) through a shared reference.
@@ -214,8 +249,33 @@ pub fn set_transparent(socket: RawFd, ipv6: bool) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::coarse_millis;
+    use std::cell::Cell;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    thread_local! {
+        static SHRINK: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// From now on, pipes made on this thread hold one page while they keep the capacity they
+    /// were given: a pipe whose slots run out before its bytes do, as on a NIC whose driver
+    /// fills each receive fragment with ~1.5 KiB.
+    pub(crate) fn shrink_pipes_on_this_thread() {
+        SHRINK.with(|s| s.set(true));
+    }
+
+    pub(super) fn shrink(write: &OwnedFd) {
+        if SHRINK.with(Cell::get) {
+            // SAFETY: F_SETPIPE_SZ on a pipe the caller owns.
+            let rc = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+            assert!(
+                rc > 0,
+                "shrinking a test pipe: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     use std::time::{Duration, Instant};
 
     #[test]

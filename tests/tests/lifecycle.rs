@@ -279,3 +279,68 @@ async fn a_plain_policy_file_is_checked_on_its_own_changes_only() {
     drop(gw);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The soft and hard limits on open files of a process, from /proc/PID/limits.
+fn open_files_limits(pid: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files")
+        .to_owned();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_owned(), fields[4].to_owned())
+}
+
+/// Started with a soft limit on open files below the hard one (as container runtimes and systemd
+/// often do, at 1024), the gateway raises the soft limit to the hard one and says so: otherwise
+/// it would stop accepting after a few hundred tunnels. util-linux's prlimit sets the limits.
+#[tokio::test]
+async fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
+    let dir = egress_tests::gateway::temp_dir("nofile");
+    let cfg = dir.join("gateway.yaml");
+    std::fs::write(&cfg, "listeners:\n  - {name: p, kind: connect, address: \"127.0.0.1:0\"}\nadmin: {address: \"127.0.0.1:0\"}\nlog: {format: json}\n").expect("write");
+    let (_, hard) = open_files_limits("self");
+    let hard_n: u64 = hard.parse().expect("a finite hard limit on open files");
+    let soft = 256.min(hard_n);
+    assert!(
+        hard_n > soft,
+        "the hard limit ({hard}) leaves nothing to raise"
+    );
+    let mut child = std::process::Command::new("prlimit")
+        .arg(format!("--nofile={soft}:{hard}"))
+        .arg("--")
+        .arg(egress_tests::gateway::binary())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start prlimit (util-linux)");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let raised = rx
+        .iter()
+        .take(30)
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l).ok()?;
+            (v["message"] == "open files limit raised").then_some(v)
+        })
+        .expect("no 'open files limit raised' line");
+    assert_eq!(raised["from"], soft);
+    assert_eq!(raised["to"], hard_n);
+    // prlimit execs the gateway: the child is the gateway itself.
+    let now = open_files_limits(&child.id().to_string());
+    assert_eq!(now, (hard.clone(), hard));
+    let _ = child.kill();
+    let _ = child.wait();
+}
