@@ -499,9 +499,9 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (b, _) = l.accept().await.unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let a = TcpStream::connect(l.local_addr().expect("address")).await.expect("connect");
+        let (b, _) = l.accept().await.expect("accept");
         (a, b)
     }
 
@@ -529,7 +529,7 @@ mod tests {
         let send = async {
             let chunk = vec![0x5a_u8; 256 * 1024];
             for _ in 0..TOTAL / chunk.len() {
-                sender.write_all(&chunk).await.unwrap();
+                sender.write_all(&chunk).await.expect("send");
             }
             // Keep `sender` open: the relay must not depend on an EOF to see the rest.
             std::future::pending::<()>().await
@@ -538,7 +538,7 @@ mod tests {
             let mut buf = vec![0u8; 16 * 1024];
             let mut got = 0;
             while got < TOTAL {
-                let n = receiver.read(&mut buf).await.unwrap();
+                let n = receiver.read(&mut buf).await.expect("receive");
                 assert!(n > 0, "the relay closed after {got} bytes");
                 assert!(buf[..n].iter().all(|&b| b == 0x5a));
                 got += n;
