@@ -500,7 +500,9 @@ mod tests {
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let a = TcpStream::connect(l.local_addr().expect("address")).await.expect("connect");
+        let a = TcpStream::connect(l.local_addr().expect("address"))
+            .await
+            .expect("connect");
         let (b, _) = l.accept().await.expect("accept");
         (a, b)
     }
