@@ -250,9 +250,10 @@ pub fn set_transparent(socket: RawFd, ipv6: bool) -> io::Result<()> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::coarse_millis;
+    use super::{coarse_millis, PAGE};
     use std::cell::Cell;
     use std::os::fd::{AsRawFd, OwnedFd};
+    use std::time::{Duration, Instant};
 
     thread_local! {
         static SHRINK: Cell<bool> = const { Cell::new(false) };
@@ -268,7 +269,8 @@ pub(crate) mod tests {
     pub(super) fn shrink(write: &OwnedFd) {
         if SHRINK.with(Cell::get) {
             // SAFETY: F_SETPIPE_SZ on a pipe the caller owns.
-            let rc = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+            let rc =
+                unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PAGE as libc::c_int) };
             assert!(
                 rc > 0,
                 "shrinking a test pipe: {}",
@@ -276,7 +278,6 @@ pub(crate) mod tests {
             );
         }
     }
-    use std::time::{Duration, Instant};
 
     #[test]
     fn the_coarse_clock_follows_the_monotonic_one_within_its_tick() {

@@ -191,6 +191,22 @@ async fn tunnels_still_open_when_the_drain_period_ends_are_closed() {
     assert_eq!(line["close"], "drain");
 }
 
+/// The lines a child writes on its standard error (piped), as they come.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 #[tokio::test]
 async fn sighup_without_a_policy_file_does_not_stop_the_gateway() {
     let dir = egress_tests::gateway::temp_dir("nopolicy");
@@ -203,17 +219,7 @@ async fn sighup_without_a_policy_file_does_not_stop_the_gateway() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let started = rx.iter().take(20).any(|l| l.contains("policy loaded"));
     assert!(started, "the gateway did not start");
     let pid = child.id().to_string();
@@ -317,17 +323,7 @@ async fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start prlimit (util-linux)");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stderr_lines(&mut child);
     let raised = rx
         .iter()
         .take(30)
