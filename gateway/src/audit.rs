@@ -73,7 +73,12 @@ impl AuditRecord {
             namespace: None,
             service_account: None,
             pod: None,
-            source: addr_string(source),
+            // An IPv4 client of a dual-stack `[::]` listener is IPv4 in the log, as it is to the
+            // identity table and the policy.
+            source: addr_string(SocketAddr::new(
+                egress_policy::canonical_ip(source.ip()),
+                source.port(),
+            )),
             host: None,
             port: None,
             upstream: None,

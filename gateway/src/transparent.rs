@@ -402,10 +402,13 @@ async fn proxy(
         silent: ctx.silent_client_timeout.map(|d| start + d),
     };
 
-    // Where the connection was going, before anything is read.
+    // Where the connection was going, before anything is read. On a dual-stack `[::]` listener an
+    // IPv4 connection has an IPv4-mapped local address: it is IPv4 (to the policy, and to netfilter,
+    // which keeps its original destination in the IPv4 table).
     let local = || {
         client
             .local_addr()
+            .map(|a| SocketAddr::new(egress_policy::canonical_ip(a.ip()), a.port()))
             .map_err(|e| Reject::new(Reason::BadRequest, format!("local address: {e}")))
     };
     let original = match ctx.mode {

@@ -672,6 +672,129 @@ limits: {headerReadTimeout: 1s}
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A dual-stack `[::]` transparent listener behind an IPv4 `iptables` `REDIRECT`: the accepted
+/// sockets have IPv4-mapped local addresses, and the original destination is still read (from
+/// netfilter's IPv4 table) and is IPv4 to the policy. A client that connects to the listener
+/// directly, over IPv4 or IPv6, is refused as not redirected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_listener_takes_ipv4_redirects_and_refuses_direct_connections() {
+    let Some(lab) = host_lab(
+        "46",
+        "dual-stack",
+        "ip addr add 10.33.0.10/32 dev lo
+         iptables -t nat -A OUTPUT -p tcp -m mark --mark 0x2000 -j RETURN
+         iptables -t nat -A OUTPUT -p tcp -d 10.33.0.10 -m multiport --dports 443,7000 -j REDIRECT --to-ports 15001",
+    ) else {
+        return;
+    };
+    let dir = egress_tests::gateway::temp_dir("netns46");
+    let (acceptor, ca) = tls_material(&dir);
+    let ca = ca.display().to_string();
+    let site = Site::new("v4");
+    let greeter = Site::new("v4-greeter");
+    let l = lab.inside("host", || std::net::TcpListener::bind("10.33.0.10:443"));
+    site.serve_http(l, Some(acceptor));
+    let l = lab.inside("host", || std::net::TcpListener::bind("10.33.0.10:7000"));
+    greeter.serve_greeting(l);
+    let policy = r#"version: 1
+rules:
+  - name: v4
+    action: allow
+    from:
+      - cidr: "0.0.0.0/0"
+      - cidr: "::/0"
+    to:
+      - host: secure.example.test
+        ports: [443]
+        allowPrivateAddresses: true
+      - cidr: "10.33.0.10/32"
+        ports: [7000]
+"#;
+    let gw = gateway_in_host(
+        &lab,
+        policy,
+        r#"listeners:
+  - {name: transparent, kind: transparent, address: "[::]:15001"}
+admin: {address: "127.0.0.1:0"}
+dns: {hosts: {secure.example.test: ["10.33.0.10"]}}
+upstream: {mark: 0x2000, connectTimeout: 2s}
+limits: {headerReadTimeout: 1s}
+"#,
+    )
+    .await;
+    let host = lab.ns("host");
+    let (ok, out, err) = exec(
+        &host,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            &ca,
+            "--resolve",
+            "secure.example.test:443:10.33.0.10",
+            "https://secure.example.test/",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("server=v4 peer=10.33.0.10"), "{out}");
+    let line = gw
+        .wait_audit("v4 tls", |a| a["host"] == "secure.example.test")
+        .await;
+    assert_eq!(line["decision"], "allow", "{line}");
+    assert_eq!(line["upstream"], "10.33.0.10:443");
+    // The caller is IPv4 in the log too, not `[::ffff:10.33.0.10]`.
+    assert!(
+        line["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("10.33.0.10:")),
+        "{line}"
+    );
+
+    // Nameless: only the original IPv4 destination can decide, and the cidr rule does.
+    let (_, out, _) = silent_client(&host, "10.33.0.10", 7000).await;
+    assert_eq!(out, "hello from v4-greeter peer=10.33.0.10\n");
+    let line = gw.wait_audit("v4 nameless", |a| a["port"] == 7000).await;
+    assert_eq!(line["host"], "10.33.0.10", "{line}");
+    assert_eq!(line["decision"], "allow", "{line}");
+    assert_eq!(line["upstream"], "10.33.0.10:7000");
+
+    // Straight to the listener, over IPv4 and over IPv6: nothing was redirected.
+    for ip in ["127.0.0.1", "::1"] {
+        let (_, out, _) = silent_client(&host, ip, 15001).await;
+        assert_eq!(out, "", "{ip}");
+        let line = gw
+            .wait_audit("direct", |a| {
+                a["reason"] == "bad_request"
+                    && a["source"].as_str().is_some_and(|c| {
+                        c.starts_with(if ip == "::1" { "[::1]:" } else { "127.0.0.1:" })
+                    })
+            })
+            .await;
+        // Over IPv6 there is no conntrack entry at all (no ip6tables nat rules here).
+        let details = line["details"].as_str().unwrap_or_default();
+        if ip == "127.0.0.1" {
+            assert_eq!(
+                details,
+                "not a redirected connection (the original destination is the listener itself)",
+                "{line}"
+            );
+        } else {
+            assert!(
+                details.starts_with("not a redirected connection ("),
+                "{line}"
+            );
+        }
+    }
+    assert_eq!(site.peers().len(), 1);
+    assert_eq!(greeter.peers().len(), 1);
+    drop(gw);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Accepts connections and keeps them open until the test ends.
 fn hold_connections(listener: std::net::TcpListener) {
     listener.set_nonblocking(true).expect("nonblocking");
