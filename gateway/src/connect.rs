@@ -44,19 +44,54 @@ pub struct Gateway {
     pub force_close: watch::Receiver<bool>,
 }
 
+/// How many connections refused for `maxConnections` may be answered at once. They hold no
+/// `maxConnections` slot while their answer is written and they linger (up to `http::LINGER`), so
+/// without this bound a flood would hold about half its connection rate per second in extra
+/// descriptors. Past it, a refused connection is closed at once, unanswered.
+pub const MAX_OVERLOAD_ANSWERS: usize = 1024;
+
 /// Counts live connections against `maxConnections`, and lets shutdown wait for zero.
 pub struct ConnTracker {
     active: AtomicUsize,
     max: usize,
     idle: Notify,
+    /// Refused connections being answered, against `answer_cap`.
+    answering: AtomicUsize,
+    answer_cap: usize,
 }
 
 impl ConnTracker {
     pub fn new(max: usize) -> Self {
+        Self::with_answer_cap(max, MAX_OVERLOAD_ANSWERS)
+    }
+
+    fn with_answer_cap(max: usize, answer_cap: usize) -> Self {
         ConnTracker {
             active: AtomicUsize::new(0),
             max,
             idle: Notify::new(),
+            answering: AtomicUsize::new(0),
+            answer_cap,
+        }
+    }
+
+    /// For a connection `enter` refused: its rejection, and whether it may be answered (a slot
+    /// among `MAX_OVERLOAD_ANSWERS`, held until the refusal is dropped).
+    pub(crate) fn refuse(&self) -> Refusal<'_> {
+        let prev = self.answering.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.answer_cap {
+            self.answering.fetch_sub(1, Ordering::AcqRel);
+            return Refusal {
+                tracker: None,
+                reject: Reject::new(
+                    Reason::Overloaded,
+                    "maxConnections reached; closed unanswered: too many refusals are being answered",
+                ),
+            };
+        }
+        Refusal {
+            tracker: Some(self),
+            reject: Reject::new(Reason::Overloaded, "maxConnections reached"),
         }
     }
 
@@ -93,6 +128,28 @@ impl ConnTracker {
 pub(crate) struct Active<'a> {
     tracker: &'a ConnTracker,
     metrics: &'a ListenerMetrics,
+}
+
+/// A connection refused for `maxConnections`.
+pub(crate) struct Refusal<'a> {
+    /// Set while this refusal holds an answer slot.
+    tracker: Option<&'a ConnTracker>,
+    pub reject: Reject,
+}
+
+impl Refusal<'_> {
+    /// Whether the caller gets an answer and a linger, or is closed at once.
+    pub fn answered(&self) -> bool {
+        self.tracker.is_some()
+    }
+}
+
+impl Drop for Refusal<'_> {
+    fn drop(&mut self) {
+        if let Some(tracker) = self.tracker {
+            tracker.answering.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Drop for Active<'_> {
@@ -269,15 +326,18 @@ async fn serve_caller<S: Caller>(
 ) {
     let gw = &ctx.gateway;
     let mut audit = AuditRecord::new(&ctx.name, peer);
-    let result = match active {
-        Some(_) => proxy(ctx, &mut client, peer, mtls, &mut audit).await,
-        None => Err(Reject::new(Reason::Overloaded, "maxConnections reached")),
+    let admitted = active.ok_or_else(|| gw.conns.refuse());
+    let result = match &admitted {
+        Ok(_) => proxy(ctx, &mut client, peer, mtls, &mut audit).await,
+        Err(refusal) => Err(refusal.reject.clone()),
     };
     record_outcome(gw, &ctx.name, &ctx.metrics, peer, &mut audit, &result);
     if let Err(reject) = &result {
-        refuse(&mut client, reject).await;
+        if admitted.as_ref().err().is_none_or(Refusal::answered) {
+            refuse(&mut client, reject).await;
+        }
     }
-    drop(active);
+    drop(admitted);
     gw.audit.write(audit);
 }
 
@@ -608,6 +668,36 @@ async fn forward_request<S: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Refusals for `maxConnections` are answered only up to the cap; past it they are closed
+    /// unanswered and say so, and a refusal that ends gives its slot back.
+    #[test]
+    fn overload_refusals_are_answered_only_up_to_the_cap() {
+        let conns = ConnTracker::with_answer_cap(1, 2);
+        let first = conns.refuse();
+        let second = conns.refuse();
+        assert!(first.answered() && second.answered());
+        assert_eq!(first.reject.details, "maxConnections reached");
+        let third = conns.refuse();
+        assert!(!third.answered());
+        assert_eq!(third.reject.reason, Reason::Overloaded);
+        assert!(
+            third.reject.details.contains("closed unanswered"),
+            "{}",
+            third.reject.details
+        );
+        drop(third);
+        assert!(
+            !conns.refuse().answered(),
+            "an unanswered refusal holds no slot"
+        );
+        drop(first);
+        let fourth = conns.refuse();
+        assert!(fourth.answered());
+        assert_eq!(conns.answering.load(Ordering::Acquire), 2);
+        drop((second, fourth));
+        assert_eq!(conns.answering.load(Ordering::Acquire), 0);
+    }
 
     /// Every kind of listener hands out sockets with `TCP_NODELAY` already on: the handlers no
     /// longer set it themselves.

@@ -185,12 +185,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<PeekListener>, stop: watch::R
 
 async fn handle(ctx: Arc<PeekListener>, mut client: TcpStream, peer: SocketAddr) {
     let gw = &*ctx.gateway;
-    let active = gw.conns.enter(&ctx.metrics);
+    let admitted = gw
+        .conns
+        .enter(&ctx.metrics)
+        .ok_or_else(|| gw.conns.refuse());
     let mut audit = AuditRecord::new(&ctx.name, peer);
     let mut seen = Seen::default();
-    let result = match active {
-        Some(_) => proxy(&ctx, &mut client, peer, &mut audit, &mut seen).await,
-        None => Err(Reject::new(Reason::Overloaded, "maxConnections reached")),
+    let result = match &admitted {
+        Ok(_) => proxy(&ctx, &mut client, peer, &mut audit, &mut seen).await,
+        Err(refusal) => Err(refusal.reject.clone()),
     };
     record_outcome(gw, &ctx.name, &ctx.metrics, peer, &mut audit, &result);
     if let Some(cause) = seen.nameless {
@@ -200,10 +203,14 @@ async fn handle(ctx: Arc<PeekListener>, mut client: TcpStream, peer: SocketAddr)
         };
         gw.metrics.count_nameless(&ctx.metrics, cause, verdict);
     }
-    if result.is_err() {
+    let answered = admitted
+        .as_ref()
+        .err()
+        .is_none_or(crate::connect::Refusal::answered);
+    if result.is_err() && answered {
         refuse(&mut client, seen.hello).await;
     }
-    drop(active);
+    drop(admitted);
     gw.audit.write(audit);
 }
 
