@@ -48,12 +48,46 @@ pub struct OwnSockets(pub Vec<SocketAddr>);
 
 impl OwnSockets {
     fn contains(&self, target: SocketAddr) -> bool {
-        self.0.iter().any(|own| {
-            own.port() == target.port()
-                && (own.ip() == target.ip()
-                    || (own.ip().is_unspecified()
-                        && (target.ip().is_loopback() || target.ip().is_unspecified())))
-        })
+        self.contains_with(target, crate::sys::interface_addresses)
+    }
+
+    /// A socket bound to an unspecified address is reachable on every loopback and unspecified
+    /// address and on every interface address (`local`, asked only then: the Pod IP, a node IP
+    /// under `hostNetwork`). Both families count for either kind of socket, as `[::]` is
+    /// dual-stack. When the interface addresses cannot be read, the target counts as the
+    /// gateway's own: fail closed.
+    fn contains_with(
+        &self,
+        target: SocketAddr,
+        local: impl FnOnce() -> std::io::Result<Vec<IpAddr>>,
+    ) -> bool {
+        let ip = egress_policy::canonical_ip(target.ip());
+        let mut wildcard = false;
+        for own in self.0.iter().filter(|own| own.port() == target.port()) {
+            if egress_policy::canonical_ip(own.ip()) == ip {
+                return true;
+            }
+            wildcard |= own.ip().is_unspecified();
+        }
+        if !wildcard {
+            return false;
+        }
+        if ip.is_loopback() || ip.is_unspecified() {
+            return true;
+        }
+        match local() {
+            Ok(addresses) => addresses
+                .into_iter()
+                .any(|a| egress_policy::canonical_ip(a) == ip),
+            Err(e) => {
+                tracing::warn!(
+                    target = %target,
+                    error = %e,
+                    "cannot read the interface addresses; not dialing an address that may be the gateway's own"
+                );
+                true
+            }
+        }
     }
 }
 
@@ -209,4 +243,70 @@ fn open_socket(cfg: &UpstreamConfig, ip: IpAddr) -> Result<TcpSocket, Reject> {
             .map_err(|e| fail("bind", e))?;
     }
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    fn pod_ip() -> std::io::Result<Vec<IpAddr>> {
+        Ok(vec![
+            "127.0.0.1".parse().expect("ip"),
+            "10.1.2.3".parse().expect("ip"),
+        ])
+    }
+
+    #[test]
+    fn a_wildcard_socket_is_reached_on_every_interface_address() {
+        let own = OwnSockets(vec![
+            addr("0.0.0.0:9901"),
+            addr("[::]:15001"),
+            addr("10.9.9.9:3128"),
+        ]);
+        for target in [
+            "10.1.2.3:9901",
+            "127.0.0.1:9901",
+            "127.8.0.1:9901",
+            "0.0.0.0:9901",
+            "[::1]:9901",
+            "10.1.2.3:15001",
+            "[::ffff:10.1.2.3]:15001",
+            "[::ffff:10.1.2.3]:9901",
+            "10.9.9.9:3128",
+            "[::ffff:10.9.9.9]:3128",
+        ] {
+            assert!(own.contains_with(addr(target), pod_ip), "{target}");
+        }
+        for target in [
+            "10.1.2.4:9901",
+            "10.1.2.3:9902",
+            "10.1.2.3:3128",
+            "10.9.9.9:9901",
+        ] {
+            assert!(!own.contains_with(addr(target), pod_ip), "{target}");
+        }
+    }
+
+    #[test]
+    fn interface_addresses_are_read_only_for_a_wildcard_port_and_failing_to_read_them_fails_closed()
+    {
+        let own = OwnSockets(vec![addr("0.0.0.0:9901"), addr("10.9.9.9:3128")]);
+        let unread = || -> std::io::Result<Vec<IpAddr>> {
+            panic!("read for a port the gateway has no wildcard socket on")
+        };
+        assert!(!own.contains_with(addr("10.1.2.3:443"), unread));
+        assert!(!own.contains_with(addr("10.1.2.3:3128"), unread));
+        let failing = || Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        assert!(own.contains_with(addr("10.1.2.3:9901"), failing));
+    }
+
+    #[test]
+    fn the_interface_addresses_include_loopback() {
+        let addresses = crate::sys::interface_addresses().expect("getifaddrs");
+        assert!(addresses.iter().any(|a| a.is_loopback()), "{addresses:?}");
+    }
 }

@@ -795,6 +795,67 @@ limits: {headerReadTimeout: 1s}
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Sockets bound to `0.0.0.0` are the gateway's own on every interface address too: a `CONNECT`
+/// to the namespace's own (non-loopback) address and the admin port is refused as the gateway
+/// itself, though an allow rule's `cidr` entry covers it, while the same address on another port
+/// is dialed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_sockets_are_not_dialed_through_the_interface_addresses() {
+    let Some(lab) = host_lab("own", "own-socket", "ip addr add 10.34.0.10/24 dev lo") else {
+        return;
+    };
+    let greeter = Site::new("own-greeter");
+    let l = lab.inside("host", || std::net::TcpListener::bind("10.34.0.10:7000"));
+    greeter.serve_greeting(l);
+    let policy = r#"version: 1
+rules:
+  - name: pod-network
+    action: allow
+    from:
+      - cidr: "0.0.0.0/0"
+    to:
+      - cidr: "10.34.0.0/24"
+        ports: "*"
+"#;
+    let gw = gateway_in_host(
+        &lab,
+        policy,
+        r#"listeners:
+  - {name: proxy, kind: connect, address: "0.0.0.0:3128"}
+admin: {address: "0.0.0.0:9901"}
+"#,
+    )
+    .await;
+    let host = lab.ns("host");
+    let connect = |target: &'static str| {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/3128 && printf 'CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n' >&3 && timeout 5 head -c 200 <&3"
+        );
+        let host = host.clone();
+        async move { exec(&host, &["bash", "-c", &script]).await }
+    };
+
+    for (target, port) in [("10.34.0.10:9901", 9901), ("10.34.0.10:3128", 3128)] {
+        let (_, out, err) = connect(target).await;
+        assert!(out.starts_with("HTTP/1.1 403"), "{target}: {out} {err}");
+        let line = gw
+            .wait_audit(target, |a| a["host"] == "10.34.0.10" && a["port"] == port)
+            .await;
+        assert_eq!(line["reason"], "blocked_address", "{line}");
+        assert_eq!(
+            line["details"],
+            format!("{target} is the gateway itself"),
+            "{line}"
+        );
+    }
+    let (_, out, err) = connect("10.34.0.10:7000").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out} {err}");
+    assert!(out.contains("hello from own-greeter"), "{out}");
+    assert_eq!(greeter.peers().len(), 1);
+    drop(gw);
+    drop(lab);
+}
+
 /// Accepts connections and keeps them open until the test ends.
 fn hold_connections(listener: std::net::TcpListener) {
     listener.set_nonblocking(true).expect("nonblocking");
