@@ -216,40 +216,22 @@ fn set_int_option(
     Ok(())
 }
 
-/// The IP addresses of this network namespace's interfaces, from `getifaddrs`: what a socket
-/// bound to `0.0.0.0` or `[::]` is reachable on.
-pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: `head` is valid for a write; on success it owns a list freed below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
+/// Whether `ip` is an address of this host (of this network namespace): whether the kernel lets a
+/// socket bind to it. That is the kernel's own answer, routes of type `local` included (an address
+/// added to `lo` with a prefix makes the whole prefix local, and so does an "AnyIP" route), which
+/// a list of interface addresses would miss. `IP_BIND_ADDRESS_NO_PORT` keeps the probe from taking
+/// a port. Under `net.ipv4.ip_nonlocal_bind=1` every address looks local.
+pub fn is_local_address(ip: std::net::IpAddr) -> io::Result<bool> {
+    let socket = match ip {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    set_bind_address_no_port(socket.as_raw_fd())?;
+    match socket.bind(std::net::SocketAddr::new(ip, 0)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(false),
+        Err(e) => Err(e),
     }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: a non-null `ifa_addr` points to a sockaddr whose family says its type.
-            match libc::c_int::from(unsafe { (*ifa.ifa_addr).sa_family }) {
-                libc::AF_INET => {
-                    // SAFETY: an AF_INET address is a sockaddr_in.
-                    let a = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-                    out.push(std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into());
-                }
-                libc::AF_INET6 => {
-                    // SAFETY: an AF_INET6 address is a sockaddr_in6.
-                    let a = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
-                    out.push(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into());
-                }
-                _ => {}
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from a successful getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
 }
 
 /// `SO_MARK`: a firewall mark on the gateway's own upstream sockets (needs `CAP_NET_ADMIN`).

@@ -48,42 +48,51 @@ pub struct OwnSockets(pub Vec<SocketAddr>);
 
 impl OwnSockets {
     fn contains(&self, target: SocketAddr) -> bool {
-        self.contains_with(target, crate::sys::interface_addresses)
+        self.contains_with(target, crate::sys::is_local_address)
     }
 
-    /// A socket bound to an unspecified address is reachable on every loopback and unspecified
-    /// address and on every interface address (`local`, asked only then: the Pod IP, a node IP
-    /// under `hostNetwork`). Both families count for either kind of socket, as `[::]` is
-    /// dual-stack. When the interface addresses cannot be read, the target counts as the
-    /// gateway's own: fail closed.
+    /// A connection to an unspecified address goes to loopback, so `0.0.0.0:P` and `[::]:P` are
+    /// the gateway's own whenever it listens on port P at all. A socket bound to an unspecified
+    /// address (`0.0.0.0`, `[::]`, or `[::ffff:0.0.0.0]`) is reachable on every local address of
+    /// the host: loopback, and whatever `is_local` says (the Pod IP; a node IP under
+    /// `hostNetwork`), asked only then. Both families count for either kind of socket, as `[::]`
+    /// is dual-stack. When `is_local` cannot answer, the target counts as the gateway's own: fail
+    /// closed.
     fn contains_with(
         &self,
         target: SocketAddr,
-        local: impl FnOnce() -> std::io::Result<Vec<IpAddr>>,
+        is_local: impl FnOnce(IpAddr) -> std::io::Result<bool>,
     ) -> bool {
         let ip = egress_policy::canonical_ip(target.ip());
+        let mut any = false;
         let mut wildcard = false;
         for own in self.0.iter().filter(|own| own.port() == target.port()) {
-            if egress_policy::canonical_ip(own.ip()) == ip {
+            let own = egress_policy::canonical_ip(own.ip());
+            if own == ip {
                 return true;
             }
-            wildcard |= own.ip().is_unspecified();
+            any = true;
+            wildcard |= own.is_unspecified();
+        }
+        if !any {
+            return false;
+        }
+        if ip.is_unspecified() {
+            return true;
         }
         if !wildcard {
             return false;
         }
-        if ip.is_loopback() || ip.is_unspecified() {
+        if ip.is_loopback() {
             return true;
         }
-        match local() {
-            Ok(addresses) => addresses
-                .into_iter()
-                .any(|a| egress_policy::canonical_ip(a) == ip),
+        match is_local(ip) {
+            Ok(local) => local,
             Err(e) => {
                 tracing::warn!(
                     target = %target,
                     error = %e,
-                    "cannot read the interface addresses; not dialing an address that may be the gateway's own"
+                    "cannot tell whether the address is local; not dialing what may be the gateway's own socket"
                 );
                 true
             }
@@ -253,19 +262,19 @@ mod tests {
         s.parse().expect("socket address")
     }
 
-    fn pod_ip() -> std::io::Result<Vec<IpAddr>> {
-        Ok(vec![
-            "127.0.0.1".parse().expect("ip"),
-            "10.1.2.3".parse().expect("ip"),
-        ])
+    /// A host whose only non-loopback address is 10.1.2.3.
+    fn pod_ip(ip: IpAddr) -> std::io::Result<bool> {
+        Ok(ip.is_loopback() || ip == IpAddr::from([10, 1, 2, 3]))
     }
 
     #[test]
-    fn a_wildcard_socket_is_reached_on_every_interface_address() {
+    fn a_wildcard_socket_is_reached_on_every_local_address() {
         let own = OwnSockets(vec![
             addr("0.0.0.0:9901"),
             addr("[::]:15001"),
+            addr("[::ffff:0.0.0.0]:15002"),
             addr("10.9.9.9:3128"),
+            addr("127.0.0.1:9100"),
         ]);
         for target in [
             "10.1.2.3:9901",
@@ -276,8 +285,14 @@ mod tests {
             "10.1.2.3:15001",
             "[::ffff:10.1.2.3]:15001",
             "[::ffff:10.1.2.3]:9901",
+            "10.1.2.3:15002",
             "10.9.9.9:3128",
             "[::ffff:10.9.9.9]:3128",
+            "0.0.0.0:3128",
+            "127.0.0.1:9100",
+            "0.0.0.0:9100",
+            "[::]:9100",
+            "[::ffff:0.0.0.0]:9100",
         ] {
             assert!(own.contains_with(addr(target), pod_ip), "{target}");
         }
@@ -286,27 +301,41 @@ mod tests {
             "10.1.2.3:9902",
             "10.1.2.3:3128",
             "10.9.9.9:9901",
+            "127.0.0.2:9100",
+            "10.1.2.3:9100",
+            "0.0.0.0:9102",
         ] {
             assert!(!own.contains_with(addr(target), pod_ip), "{target}");
         }
     }
 
     #[test]
-    fn interface_addresses_are_read_only_for_a_wildcard_port_and_failing_to_read_them_fails_closed()
-    {
+    fn the_kernel_is_asked_only_for_a_wildcard_port_and_no_answer_fails_closed() {
         let own = OwnSockets(vec![addr("0.0.0.0:9901"), addr("10.9.9.9:3128")]);
-        let unread = || -> std::io::Result<Vec<IpAddr>> {
-            panic!("read for a port the gateway has no wildcard socket on")
+        let unasked = |_: IpAddr| -> std::io::Result<bool> {
+            panic!("asked for a port the gateway has no wildcard socket on")
         };
-        assert!(!own.contains_with(addr("10.1.2.3:443"), unread));
-        assert!(!own.contains_with(addr("10.1.2.3:3128"), unread));
-        let failing = || Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        assert!(!own.contains_with(addr("10.1.2.3:443"), unasked));
+        assert!(!own.contains_with(addr("10.1.2.3:3128"), unasked));
+        let failing = |_: IpAddr| Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
         assert!(own.contains_with(addr("10.1.2.3:9901"), failing));
     }
 
+    /// The kernel's answer: all of 127/8 is local (a `local` route, not one interface address);
+    /// TEST-NET-1 is not.
     #[test]
-    fn the_interface_addresses_include_loopback() {
-        let addresses = crate::sys::interface_addresses().expect("getifaddrs");
-        assert!(addresses.iter().any(|a| a.is_loopback()), "{addresses:?}");
+    fn the_kernel_says_which_addresses_are_local() {
+        for (ip, local) in [
+            ("127.0.0.1", true),
+            ("127.45.6.7", true),
+            ("192.0.2.1", false),
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert_eq!(
+                crate::sys::is_local_address(ip).expect("probe"),
+                local,
+                "{ip}"
+            );
+        }
     }
 }

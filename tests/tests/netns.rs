@@ -702,7 +702,6 @@ rules:
     action: allow
     from:
       - cidr: "0.0.0.0/0"
-      - cidr: "::/0"
     to:
       - host: secure.example.test
         ports: [443]
@@ -795,12 +794,12 @@ limits: {headerReadTimeout: 1s}
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Sockets bound to `0.0.0.0` are the gateway's own on every interface address too: a `CONNECT`
-/// to the namespace's own (non-loopback) address and the admin port is refused as the gateway
-/// itself, though an allow rule's `cidr` entry covers it, while the same address on another port
-/// is dialed.
+/// Sockets bound to `0.0.0.0` are the gateway's own on every local address too: a `CONNECT` to
+/// the namespace's own (non-loopback) addresses and the admin or proxy port is refused as the
+/// gateway itself, though an allow rule's `cidr` entry covers it, while the same address on another
+/// port is dialed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wildcard_sockets_are_not_dialed_through_the_interface_addresses() {
+async fn wildcard_sockets_are_not_dialed_through_the_local_addresses() {
     let Some(lab) = host_lab("own", "own-socket", "ip addr add 10.34.0.10/24 dev lo") else {
         return;
     };
@@ -835,11 +834,16 @@ admin: {address: "0.0.0.0:9901"}
         async move { exec(&host, &["bash", "-c", &script]).await }
     };
 
-    for (target, port) in [("10.34.0.10:9901", 9901), ("10.34.0.10:3128", 3128)] {
+    // 10.34.0.11 is on no interface, yet local: the /24 on `lo` makes the whole prefix local.
+    for (target, host, port) in [
+        ("10.34.0.10:9901", "10.34.0.10", 9901),
+        ("10.34.0.10:3128", "10.34.0.10", 3128),
+        ("10.34.0.11:9901", "10.34.0.11", 9901),
+    ] {
         let (_, out, err) = connect(target).await;
         assert!(out.starts_with("HTTP/1.1 403"), "{target}: {out} {err}");
         let line = gw
-            .wait_audit(target, |a| a["host"] == "10.34.0.10" && a["port"] == port)
+            .wait_audit(target, |a| a["host"] == host && a["port"] == port)
             .await;
         assert_eq!(line["reason"], "blocked_address", "{line}");
         assert_eq!(
