@@ -73,12 +73,7 @@ impl AuditRecord {
             namespace: None,
             service_account: None,
             pod: None,
-            // An IPv4 client of a dual-stack `[::]` listener is IPv4 in the log, as it is to the
-            // identity table and the policy.
-            source: addr_string(SocketAddr::new(
-                egress_policy::canonical_ip(source.ip()),
-                source.port(),
-            )),
+            source: addr_string(source),
             host: None,
             port: None,
             upstream: None,

@@ -229,7 +229,12 @@ pub(crate) async fn accept_until_stopped(
             biased;
             () = &mut stopped => break,
             result = listener.accept() => match result {
-                Ok((stream, peer)) => accepted(stream, peer),
+                // An IPv4 caller of a dual-stack `[::]` listener is IPv4 from here on: to the
+                // identity table, the policy, the audit log and the logs.
+                Ok((stream, peer)) => accepted(
+                    stream,
+                    SocketAddr::new(egress_policy::canonical_ip(peer.ip()), peer.port()),
+                ),
                 Err(e) => {
                     // Out of file descriptors, usually: back off instead of spinning.
                     tracing::warn!(listener = %name, error = %e, "accept failed");
