@@ -19,7 +19,7 @@
 //! Needs root, `ip` and `iptables` (CI runs as root and installs them); elsewhere it says why it
 //! cannot run and passes without checking anything.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -589,187 +589,187 @@ async fn gateway_in_host(lab: &Lab, policy: &str, config: &str) -> Gateway {
     .await
 }
 
+/// A `host` namespace whose `OUTPUT` rules (set up by `script`) redirect `server`'s ports 443 and
+/// 7000 to a `[::]:15001` transparent listener and exempt the gateway's marked dials, with a TLS
+/// site on 443 and a greeter (a server-first protocol) on 7000 at `server`.
+struct Redirected {
+    lab: Lab,
+    gw: Gateway,
+    dir: std::path::PathBuf,
+    /// The CA's PEM, for curl.
+    ca: String,
+    site: Site,
+    greeter: Site,
+}
+
+impl Redirected {
+    async fn new(tag: &str, what: &str, script: &str, server: IpAddr) -> Option<Redirected> {
+        let lab = host_lab(tag, what, script)?;
+        let dir = egress_tests::gateway::temp_dir(&format!("netns{tag}"));
+        let (acceptor, ca) = tls_material(&dir);
+        let ca = ca.display().to_string();
+        let site = Site::new("redirected");
+        let greeter = Site::new("greeter");
+        let l = lab.inside("host", move || std::net::TcpListener::bind((server, 443)));
+        site.serve_http(l, Some(acceptor));
+        let l = lab.inside("host", move || std::net::TcpListener::bind((server, 7000)));
+        greeter.serve_greeting(l);
+        let any = if server.is_ipv4() {
+            "0.0.0.0/0"
+        } else {
+            "::/0"
+        };
+        let policy = format!(
+            r#"version: 1
+rules:
+  - name: redirected
+    action: allow
+    from:
+      - cidr: "{any}"
+    to:
+      - host: secure.example.test
+        ports: [443]
+        allowPrivateAddresses: true
+      - cidr: "{server}/{}"
+        ports: [7000]
+"#,
+            if server.is_ipv4() { 32 } else { 128 }
+        );
+        let gw = gateway_in_host(
+            &lab,
+            &policy,
+            &format!(
+                r#"listeners:
+  - {{name: transparent, kind: transparent, address: "[::]:15001"}}
+admin: {{address: "127.0.0.1:0"}}
+dns: {{hosts: {{secure.example.test: ["{server}"]}}}}
+upstream: {{mark: 0x2000, connectTimeout: 2s}}
+limits: {{headerReadTimeout: 1s}}
+"#
+            ),
+        )
+        .await;
+        Some(Redirected {
+            lab,
+            gw,
+            dir,
+            ca,
+            site,
+            greeter,
+        })
+    }
+
+    /// A TLS client is decided on its SNI, and a silent one on its original destination; the
+    /// caller, `server` itself, is logged in its own family. Returns the two audit lines.
+    async fn check(&self, server: IpAddr) -> (serde_json::Value, serde_json::Value) {
+        let host = self.lab.ns("host");
+        let at = SocketAddr::new(server, 443).to_string();
+        let bracketed = at.trim_end_matches(":443");
+        let (ok, out, err) = exec(
+            &host,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "--cacert",
+                &self.ca,
+                "--resolve",
+                &format!("secure.example.test:443:{bracketed}"),
+                "https://secure.example.test/",
+            ],
+        )
+        .await;
+        assert!(ok, "{err}");
+        assert!(
+            out.starts_with(&format!("server=redirected peer={server}")),
+            "{out}"
+        );
+        let tls = self
+            .gw
+            .wait_audit("tls", |a| a["host"] == "secure.example.test")
+            .await;
+        assert_eq!(tls["decision"], "allow", "{tls}");
+        assert_eq!(tls["upstream"], at);
+        assert!(
+            tls["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&format!("{bracketed}:"))),
+            "{tls}"
+        );
+
+        let (_, out, _) = silent_client(&host, &server.to_string(), 7000).await;
+        assert_eq!(out, format!("hello from greeter peer={server}\n"));
+        let nameless = self.gw.wait_audit("nameless", |a| a["port"] == 7000).await;
+        assert_eq!(nameless["host"], bracketed, "{nameless}");
+        assert_eq!(nameless["decision"], "allow", "{nameless}");
+        assert_eq!(nameless["upstream"], format!("{bracketed}:7000"));
+        assert_eq!(self.site.peers().len(), 1);
+        assert_eq!(self.greeter.peers().len(), 1);
+        (tls, nameless)
+    }
+
+    fn end(self) {
+        let Redirected { lab, gw, dir, .. } = self;
+        drop(gw);
+        drop(lab);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// IPv6: `SO_ORIGINAL_DST` through `ip6tables` `REDIRECT`, for a TLS client (the SNI decides) and a
-/// silent one (the original IPv6 destination decides), in one namespace where an `OUTPUT` rule
-/// redirects the clients and exempts the gateway's marked dials.
+/// silent one (the original IPv6 destination decides, audited as `[fd00:33::10]`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_redirected_connections_keep_their_original_destination() {
-    let Some(lab) = host_lab(
+    let server: IpAddr = "fd00:33::10".parse().expect("ip");
+    let Some(case) = Redirected::new(
         "6",
         "IPv6",
         "ip -6 addr add fd00:33::10/128 dev lo nodad
          ip6tables -t nat -A OUTPUT -p tcp -m mark --mark 0x2000 -j RETURN
          ip6tables -t nat -A OUTPUT -p tcp -d fd00:33::10 -m multiport --dports 443,7000 -j REDIRECT --to-ports 15001",
-    ) else {
+        server,
+    )
+    .await
+    else {
         return;
     };
-    let dir = egress_tests::gateway::temp_dir("netns6");
-    let (acceptor, ca) = tls_material(&dir);
-    let ca = ca.display().to_string();
-    let site = Site::new("v6");
-    let greeter = Site::new("v6-greeter");
-    let l = lab.inside("host", || std::net::TcpListener::bind("[fd00:33::10]:443"));
-    site.serve_http(l, Some(acceptor));
-    let l = lab.inside("host", || std::net::TcpListener::bind("[fd00:33::10]:7000"));
-    greeter.serve_greeting(l);
-    let policy = r#"version: 1
-rules:
-  - name: v6
-    action: allow
-    from:
-      - cidr: "::/0"
-    to:
-      - host: secure.example.test
-        ports: [443]
-        allowPrivateAddresses: true
-      - cidr: "fd00:33::10/128"
-        ports: [7000]
-"#;
-    let gw = gateway_in_host(
-        &lab,
-        policy,
-        r#"listeners:
-  - {name: transparent, kind: transparent, address: "[::]:15001"}
-admin: {address: "127.0.0.1:0"}
-dns: {hosts: {secure.example.test: ["fd00:33::10"]}}
-upstream: {mark: 0x2000, connectTimeout: 2s}
-limits: {headerReadTimeout: 1s}
-"#,
-    )
-    .await;
-    let host = lab.ns("host");
-    let (ok, out, err) = exec(
-        &host,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "--cacert",
-            &ca,
-            "--resolve",
-            "secure.example.test:443:[fd00:33::10]",
-            "https://secure.example.test/",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
-    assert!(out.starts_with("server=v6 peer=fd00:33::10"), "{out}");
-    let line = gw
-        .wait_audit("v6 tls", |a| a["host"] == "secure.example.test")
-        .await;
-    assert_eq!(line["decision"], "allow");
-    assert_eq!(line["upstream"], "[fd00:33::10]:443");
-
-    let (_, out, _) = silent_client(&host, "fd00:33::10", 7000).await;
-    assert_eq!(out, "hello from v6-greeter peer=fd00:33::10\n");
-    let line = gw.wait_audit("v6 nameless", |a| a["port"] == 7000).await;
-    assert_eq!(line["host"], "[fd00:33::10]");
-    assert_eq!(line["decision"], "allow");
-    assert_eq!(site.peers().len(), 1);
-    drop(gw);
-    drop(lab);
-    let _ = std::fs::remove_dir_all(dir);
+    case.check(server).await;
+    case.end();
 }
 
 /// A dual-stack `[::]` transparent listener behind an IPv4 `iptables` `REDIRECT`: the accepted
 /// sockets have IPv4-mapped local addresses, and the original destination is still read (from
-/// netfilter's IPv4 table) and is IPv4 to the policy. A client that connects to the listener
-/// directly, over IPv4 or IPv6, is refused as not redirected.
+/// netfilter's IPv4 table) and is IPv4 to the policy, as the caller is to the policy and the log.
+/// A client that connects to the listener directly, over IPv4 or IPv6, is refused as not
+/// redirected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dual_stack_listener_takes_ipv4_redirects_and_refuses_direct_connections() {
-    let Some(lab) = host_lab(
+    let server: IpAddr = "10.33.0.10".parse().expect("ip");
+    let Some(case) = Redirected::new(
         "46",
         "dual-stack",
         "ip addr add 10.33.0.10/32 dev lo
          iptables -t nat -A OUTPUT -p tcp -m mark --mark 0x2000 -j RETURN
          iptables -t nat -A OUTPUT -p tcp -d 10.33.0.10 -m multiport --dports 443,7000 -j REDIRECT --to-ports 15001",
-    ) else {
+        server,
+    )
+    .await
+    else {
         return;
     };
-    let dir = egress_tests::gateway::temp_dir("netns46");
-    let (acceptor, ca) = tls_material(&dir);
-    let ca = ca.display().to_string();
-    let site = Site::new("v4");
-    let greeter = Site::new("v4-greeter");
-    let l = lab.inside("host", || std::net::TcpListener::bind("10.33.0.10:443"));
-    site.serve_http(l, Some(acceptor));
-    let l = lab.inside("host", || std::net::TcpListener::bind("10.33.0.10:7000"));
-    greeter.serve_greeting(l);
-    let policy = r#"version: 1
-rules:
-  - name: v4
-    action: allow
-    from:
-      - cidr: "0.0.0.0/0"
-    to:
-      - host: secure.example.test
-        ports: [443]
-        allowPrivateAddresses: true
-      - cidr: "10.33.0.10/32"
-        ports: [7000]
-"#;
-    let gw = gateway_in_host(
-        &lab,
-        policy,
-        r#"listeners:
-  - {name: transparent, kind: transparent, address: "[::]:15001"}
-admin: {address: "127.0.0.1:0"}
-dns: {hosts: {secure.example.test: ["10.33.0.10"]}}
-upstream: {mark: 0x2000, connectTimeout: 2s}
-limits: {headerReadTimeout: 1s}
-"#,
-    )
-    .await;
-    let host = lab.ns("host");
-    let (ok, out, err) = exec(
-        &host,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "--cacert",
-            &ca,
-            "--resolve",
-            "secure.example.test:443:10.33.0.10",
-            "https://secure.example.test/",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
-    assert!(out.starts_with("server=v4 peer=10.33.0.10"), "{out}");
-    let line = gw
-        .wait_audit("v4 tls", |a| a["host"] == "secure.example.test")
-        .await;
-    assert_eq!(line["decision"], "allow", "{line}");
-    assert_eq!(line["upstream"], "10.33.0.10:443");
-    // The caller is IPv4 in the log too, not `[::ffff:10.33.0.10]`.
-    assert!(
-        line["source"]
-            .as_str()
-            .is_some_and(|s| s.starts_with("10.33.0.10:")),
-        "{line}"
-    );
-
-    // Nameless: only the original IPv4 destination can decide, and the cidr rule does.
-    let (_, out, _) = silent_client(&host, "10.33.0.10", 7000).await;
-    assert_eq!(out, "hello from v4-greeter peer=10.33.0.10\n");
-    let line = gw.wait_audit("v4 nameless", |a| a["port"] == 7000).await;
-    assert_eq!(line["host"], "10.33.0.10", "{line}");
-    assert_eq!(line["decision"], "allow", "{line}");
-    assert_eq!(line["upstream"], "10.33.0.10:7000");
+    case.check(server).await;
 
     // Straight to the listener, over IPv4 and over IPv6: nothing was redirected.
-    for ip in ["127.0.0.1", "::1"] {
+    let host = case.lab.ns("host");
+    for (ip, source) in [("127.0.0.1", "127.0.0.1:"), ("::1", "[::1]:")] {
         let (_, out, _) = silent_client(&host, ip, 15001).await;
         assert_eq!(out, "", "{ip}");
-        let line = gw
+        let line = case
+            .gw
             .wait_audit("direct", |a| {
                 a["reason"] == "bad_request"
-                    && a["source"].as_str().is_some_and(|c| {
-                        c.starts_with(if ip == "::1" { "[::1]:" } else { "127.0.0.1:" })
-                    })
+                    && a["source"].as_str().is_some_and(|c| c.starts_with(source))
             })
             .await;
         // Over IPv6 there is no conntrack entry at all (no ip6tables nat rules here).
@@ -787,11 +787,9 @@ limits: {headerReadTimeout: 1s}
             );
         }
     }
-    assert_eq!(site.peers().len(), 1);
-    assert_eq!(greeter.peers().len(), 1);
-    drop(gw);
-    drop(lab);
-    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(case.site.peers().len(), 1);
+    assert_eq!(case.greeter.peers().len(), 1);
+    case.end();
 }
 
 /// Sockets bound to `0.0.0.0` are the gateway's own on every local address too: a `CONNECT` to
