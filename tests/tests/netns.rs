@@ -833,7 +833,7 @@ admin: {address: "0.0.0.0:9901"}
     };
 
     // 10.34.0.11 is on no interface, yet local: the /24 on `lo` makes the whole prefix local.
-    for (target, host, port) in [
+    for (target, ip, port) in [
         ("10.34.0.10:9901", "10.34.0.10", 9901),
         ("10.34.0.10:3128", "10.34.0.10", 3128),
         ("10.34.0.11:9901", "10.34.0.11", 9901),
@@ -841,7 +841,7 @@ admin: {address: "0.0.0.0:9901"}
         let (_, out, err) = connect(target).await;
         assert!(out.starts_with("HTTP/1.1 403"), "{target}: {out} {err}");
         let line = gw
-            .wait_audit(target, |a| a["host"] == host && a["port"] == port)
+            .wait_audit(target, |a| a["host"] == ip && a["port"] == port)
             .await;
         assert_eq!(line["reason"], "blocked_address", "{line}");
         assert_eq!(
