@@ -77,7 +77,12 @@ impl ConnTracker {
 
     /// For a connection `enter` refused: its rejection, and whether it may be answered (a slot
     /// among `MAX_OVERLOAD_ANSWERS`, held until the refusal is dropped).
-    pub(crate) fn refuse(&self) -> Refusal<'_> {
+    /// A connection just accepted: admitted under `maxConnections`, or refused.
+    pub(crate) fn admit<'a>(&'a self, metrics: &'a ListenerMetrics) -> Admission<'a> {
+        self.enter(metrics).ok_or_else(|| self.refuse())
+    }
+
+    fn refuse(&self) -> Refusal<'_> {
         let prev = self.answering.fetch_add(1, Ordering::AcqRel);
         if prev >= self.answer_cap {
             self.answering.fetch_sub(1, Ordering::AcqRel);
@@ -95,7 +100,7 @@ impl ConnTracker {
         }
     }
 
-    pub(crate) fn enter<'a>(&'a self, metrics: &'a ListenerMetrics) -> Option<Active<'a>> {
+    fn enter<'a>(&'a self, metrics: &'a ListenerMetrics) -> Option<Active<'a>> {
         let prev = self.active.fetch_add(1, Ordering::AcqRel);
         let guard = Active {
             tracker: self,
@@ -128,6 +133,15 @@ impl ConnTracker {
 pub(crate) struct Active<'a> {
     tracker: &'a ConnTracker,
     metrics: &'a ListenerMetrics,
+}
+
+/// What `ConnTracker::admit` decided for one connection; held until the connection closes.
+pub(crate) type Admission<'a> = Result<Active<'a>, Refusal<'a>>;
+
+/// Whether a connection that ends in a rejection gets an answer and a linger: all admitted ones,
+/// and refused ones that hold an answer slot.
+pub(crate) fn answers(admission: &Admission<'_>) -> bool {
+    admission.as_ref().err().is_none_or(Refusal::answered)
 }
 
 /// A connection refused for `maxConnections`.
@@ -231,10 +245,7 @@ pub(crate) async fn accept_until_stopped(
             result = listener.accept() => match result {
                 // An IPv4 caller of a dual-stack `[::]` listener is IPv4 from here on: to the
                 // identity table, the policy, the audit log and the logs.
-                Ok((stream, peer)) => accepted(
-                    stream,
-                    SocketAddr::new(egress_policy::canonical_ip(peer.ip()), peer.port()),
-                ),
+                Ok((stream, peer)) => accepted(stream, egress_policy::canonical_addr(peer)),
                 Err(e) => {
                     // Out of file descriptors, usually: back off instead of spinning.
                     tracing::warn!(listener = %name, error = %e, "accept failed");
@@ -248,11 +259,11 @@ pub(crate) async fn accept_until_stopped(
 
 async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) {
     // A connection counts against maxConnections from accept, its TLS handshake included.
-    let active = ctx.gateway.conns.enter(&ctx.metrics);
+    let admission = ctx.gateway.conns.admit(&ctx.metrics);
     let Some(store) = ctx.tls.as_ref() else {
-        return serve_caller(&ctx, client, peer, Mtls::NotTls, active).await;
+        return serve_caller(&ctx, client, peer, Mtls::NotTls, admission).await;
     };
-    if active.is_none() {
+    if admission.is_err() {
         // No HTTP answer is possible before a handshake, and a handshake is what overload
         // cannot afford: the connection is closed, counted and audited.
         let gw = &ctx.gateway;
@@ -279,7 +290,7 @@ async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) 
                     Err(why) => Mtls::NotAnIdentity(why.to_string()),
                 },
             };
-            Box::pin(serve_caller(&ctx, tls, peer, mtls, active)).await;
+            Box::pin(serve_caller(&ctx, tls, peer, mtls, admission)).await;
         }
         Ok(Err(e)) => {
             let reason = e
@@ -327,22 +338,21 @@ async fn serve_caller<S: Caller>(
     mut client: S,
     peer: SocketAddr,
     mtls: Mtls,
-    active: Option<Active<'_>>,
+    admission: Admission<'_>,
 ) {
     let gw = &ctx.gateway;
     let mut audit = AuditRecord::new(&ctx.name, peer);
-    let admitted = active.ok_or_else(|| gw.conns.refuse());
-    let result = match &admitted {
+    let result = match &admission {
         Ok(_) => proxy(ctx, &mut client, peer, mtls, &mut audit).await,
         Err(refusal) => Err(refusal.reject.clone()),
     };
     record_outcome(gw, &ctx.name, &ctx.metrics, peer, &mut audit, &result);
     if let Err(reject) = &result {
-        if admitted.as_ref().err().is_none_or(Refusal::answered) {
+        if answers(&admission) {
             refuse(&mut client, reject).await;
         }
     }
-    drop(admitted);
+    drop(admission);
     gw.audit.write(audit);
 }
 

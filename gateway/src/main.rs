@@ -486,7 +486,7 @@ async fn run(
             cfg.kubernetes.as_ref().and_then(|k| k.max_staleness),
             cfg.trust_domain.clone(),
         ),
-        own_sockets: upstream::OwnSockets(own),
+        own_sockets: upstream::OwnSockets::new(own),
         conns: connect::ConnTracker::new(cfg.limits.max_connections),
         force_close: force_rx,
         config: cfg,

@@ -185,13 +185,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<PeekListener>, stop: watch::R
 
 async fn handle(ctx: Arc<PeekListener>, mut client: TcpStream, peer: SocketAddr) {
     let gw = &*ctx.gateway;
-    let admitted = gw
-        .conns
-        .enter(&ctx.metrics)
-        .ok_or_else(|| gw.conns.refuse());
+    let admission = gw.conns.admit(&ctx.metrics);
     let mut audit = AuditRecord::new(&ctx.name, peer);
     let mut seen = Seen::default();
-    let result = match &admitted {
+    let result = match &admission {
         Ok(_) => proxy(&ctx, &mut client, peer, &mut audit, &mut seen).await,
         Err(refusal) => Err(refusal.reject.clone()),
     };
@@ -203,14 +200,10 @@ async fn handle(ctx: Arc<PeekListener>, mut client: TcpStream, peer: SocketAddr)
         };
         gw.metrics.count_nameless(&ctx.metrics, cause, verdict);
     }
-    let answered = admitted
-        .as_ref()
-        .err()
-        .is_none_or(crate::connect::Refusal::answered);
-    if result.is_err() && answered {
+    if result.is_err() && crate::connect::answers(&admission) {
         refuse(&mut client, seen.hello).await;
     }
-    drop(admitted);
+    drop(admission);
     gw.audit.write(audit);
 }
 
@@ -415,7 +408,7 @@ async fn proxy(
     let local = || {
         client
             .local_addr()
-            .map(|a| SocketAddr::new(egress_policy::canonical_ip(a.ip()), a.port()))
+            .map(egress_policy::canonical_addr)
             .map_err(|e| Reject::new(Reason::BadRequest, format!("local address: {e}")))
     };
     let original = match ctx.mode {

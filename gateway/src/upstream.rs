@@ -44,9 +44,19 @@ pub async fn resolve(
 /// The gateway's own listening sockets: never a destination, whatever the policy says, so a
 /// caller cannot chain the gateway into itself or reach the admin server through it.
 #[derive(Clone, Debug, Default)]
-pub struct OwnSockets(pub Vec<SocketAddr>);
+pub struct OwnSockets(Vec<SocketAddr>);
 
 impl OwnSockets {
+    /// The bound addresses, canonical (`[::ffff:0.0.0.0]` is the IPv4 wildcard).
+    pub fn new(bound: Vec<SocketAddr>) -> Self {
+        OwnSockets(
+            bound
+                .into_iter()
+                .map(egress_policy::canonical_addr)
+                .collect(),
+        )
+    }
+
     fn contains(&self, target: SocketAddr) -> bool {
         self.contains_with(target, crate::sys::is_local_address)
     }
@@ -67,12 +77,11 @@ impl OwnSockets {
         let mut any = false;
         let mut wildcard = false;
         for own in self.0.iter().filter(|own| own.port() == target.port()) {
-            let own = egress_policy::canonical_ip(own.ip());
-            if own == ip {
+            if own.ip() == ip {
                 return true;
             }
             any = true;
-            wildcard |= own.is_unspecified();
+            wildcard |= own.ip().is_unspecified();
         }
         if !any {
             return false;
@@ -269,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_wildcard_socket_is_reached_on_every_local_address() {
-        let own = OwnSockets(vec![
+        let own = OwnSockets::new(vec![
             addr("0.0.0.0:9901"),
             addr("[::]:15001"),
             addr("[::ffff:0.0.0.0]:15002"),
@@ -311,7 +320,7 @@ mod tests {
 
     #[test]
     fn the_kernel_is_asked_only_for_a_wildcard_port_and_no_answer_fails_closed() {
-        let own = OwnSockets(vec![addr("0.0.0.0:9901"), addr("10.9.9.9:3128")]);
+        let own = OwnSockets::new(vec![addr("0.0.0.0:9901"), addr("10.9.9.9:3128")]);
         let unasked = |_: IpAddr| -> std::io::Result<bool> {
             panic!("asked for a port the gateway has no wildcard socket on")
         };

@@ -6,7 +6,7 @@
 //! resolver (which would turn them into addresses) nor match a `host` entry.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Longest name DNS can carry, without the trailing dot.
 const MAX_NAME_LEN: usize = 253;
@@ -113,6 +113,11 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
         },
         v4 => v4,
     }
+}
+
+/// [`canonical_ip`] for a socket address: an IPv4 caller of a dual-stack `[::]` socket is IPv4.
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(addr.ip()), addr.port())
 }
 
 /// Parses a DNS name (never an IP literal) into canonical form.

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use host::{canonical_ip, parse_host, parse_name, Host, HostError, HostName, HostPattern};
+pub use host::{
+    canonical_addr, canonical_ip, parse_host, parse_name, Host, HostError, HostName, HostPattern,
+};
 pub use identity::{Identity, IdentitySource, SpiffePattern};
 pub use model::parse_cidr;
 pub use ports::PortSet;
