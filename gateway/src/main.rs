@@ -350,8 +350,9 @@ fn check(args: CheckArgs) -> ExitCode {
         None => None,
     };
     let identity = if let Some(id) = &args.spiffe {
-        if let Err(e) = egress_policy::SpiffePattern::parse(id) {
-            return usage(format!("--spiffe: {e}"));
+        // The caller's ID, not a rule's pattern: `*` is a path character no ID contains.
+        if let Err(e) = id.parse::<egress_certs::spiffe::SpiffeId>() {
+            return usage(format!("--spiffe {id:?} is not a SPIFFE ID: {e}"));
         }
         Identity::from_spiffe(via.unwrap_or(IdentitySource::Mtls), id, args.source)
     } else if let Some(ns) = &args.namespace {

@@ -208,6 +208,23 @@ fn check_exits_2_on_usage_errors_and_invalid_policies() {
         .code(),
         Some(2)
     );
+    // A rule's pattern is not a caller's ID: it is refused, not checked as if some caller had it.
+    let wildcard = run(&[
+        "policy",
+        "check",
+        "--policy",
+        &p,
+        "--spiffe",
+        "spiffe://cluster.local/ns/*/sa/checkout",
+        "--to",
+        "a.com:443",
+    ]);
+    assert_eq!(wildcard.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&wildcard.stderr).contains("is not a SPIFFE ID"),
+        "{}",
+        String::from_utf8_lossy(&wildcard.stderr)
+    );
     let bad = policy_file("version: 1\nbogus: 1\n");
     assert_eq!(
         run(&[
