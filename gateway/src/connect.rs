@@ -260,8 +260,10 @@ pub(crate) async fn accept_until_stopped(
 async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) {
     // A connection counts against maxConnections from accept, its TLS handshake included.
     let admission = ctx.gateway.conns.admit(&ctx.metrics);
+    // One deadline from accept: for a TLS listener, the handshake and the request head together.
+    let deadline = Instant::now() + ctx.gateway.config.limits.header_read_timeout;
     let Some(store) = ctx.tls.as_ref() else {
-        return serve_caller(&ctx, client, peer, Mtls::NotTls, admission).await;
+        return serve_caller(&ctx, client, peer, Mtls::NotTls, deadline, admission).await;
     };
     if admission.is_err() {
         // No HTTP answer is possible before a handshake, and a handshake is what overload
@@ -277,8 +279,6 @@ async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) 
         return;
     }
     let acceptor = store.current().acceptor.clone();
-    // The TLS handshake counts against the same whole-head deadline as the request head.
-    let deadline = Instant::now() + ctx.gateway.config.limits.header_read_timeout;
     // The TLS path is boxed: a handshake and a TLS stream are large, and a plain connection's
     // task should not be sized for them (every task is as large as its largest state).
     match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(client))).await {
@@ -290,7 +290,7 @@ async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) 
                     Err(why) => Mtls::NotAnIdentity(why.to_string()),
                 },
             };
-            Box::pin(serve_caller(&ctx, tls, peer, mtls, admission)).await;
+            Box::pin(serve_caller(&ctx, tls, peer, mtls, deadline, admission)).await;
         }
         Ok(Err(e)) => {
             let reason = e
@@ -338,12 +338,13 @@ async fn serve_caller<S: Caller>(
     mut client: S,
     peer: SocketAddr,
     mtls: Mtls,
+    head_deadline: Instant,
     admission: Admission<'_>,
 ) {
     let gw = &ctx.gateway;
     let mut audit = AuditRecord::new(&ctx.name, peer);
     let result = match &admission {
-        Ok(_) => proxy(ctx, &mut client, peer, mtls, &mut audit).await,
+        Ok(_) => proxy(ctx, &mut client, peer, mtls, head_deadline, &mut audit).await,
         Err(refusal) => Err(refusal.reject.clone()),
     };
     record_outcome(gw, &ctx.name, &ctx.metrics, peer, &mut audit, &result);
@@ -383,23 +384,19 @@ pub(crate) async fn close_discarding<S: AsyncRead + AsyncWrite + Unpin>(client: 
 }
 
 /// The life of one connection. Returns the verdict and reason of an allowed connection once its
-/// relay has ended.
+/// relay has ended. The request head must be complete by `head_deadline`.
 async fn proxy<S: Caller>(
     ctx: &ConnectListener,
     client: &mut S,
     peer: SocketAddr,
     mtls: Mtls,
+    head_deadline: Instant,
     audit: &mut AuditRecord,
 ) -> Result<(Verdict, Reason), Reject> {
     let gw = &*ctx.gateway;
     let limits = &gw.config.limits;
 
-    let head = http::read_head(
-        client,
-        Instant::now() + limits.header_read_timeout,
-        limits.max_header_bytes,
-    )
-    .await?;
+    let head = http::read_head(client, head_deadline, limits.max_header_bytes).await?;
     let request = http::parse_request(&head.buf[..head.len])?;
     let leftover = head.leftover().to_vec();
     drop(head);
@@ -436,7 +433,7 @@ async fn proxy<S: Caller>(
     let store = ctx.tls.clone();
     // Why a live tunnel must end early: the drain period is over, or its caller's certificate
     // stopped chaining to a trusted CA.
-    let stop: relay::Stop = Box::pin(async move {
+    let mut stop: relay::Stop = Box::pin(async move {
         let drain = async {
             let _ = force_close.wait_for(|d| *d).await;
         };
@@ -463,11 +460,11 @@ async fn proxy<S: Caller>(
             // that the tunnel is allowed and established.
             let early = leftover.len() as u64;
             if !leftover.is_empty() {
-                if upstream.write_all(&leftover).await.is_err() {
-                    audit.close = Some(Close::Error.as_str());
+                if let Err(close) = relay::send_early(&upstream, &leftover, idle, &mut stop).await {
+                    audit.close = Some(close.as_str());
                     return Ok(allowed);
                 }
-                ctx.metrics.bytes_up.inc_by(leftover.len() as u64);
+                ctx.metrics.bytes_up.inc_by(early);
             }
             drop(leftover);
             let meters = Meters {
@@ -480,20 +477,25 @@ async fn proxy<S: Caller>(
             audit.close = Some(relayed.close.as_str());
         }
         ProxyRequest::Forward { head, body, .. } => {
-            let sent =
-                forward_request(client, &mut upstream, &head, body, leftover, &ctx.metrics).await;
+            let body = BodySource {
+                framing: body,
+                leftover,
+                idle,
+            };
+            let (up, sent) =
+                forward_request(client, &mut upstream, &head, body, &mut stop, &ctx.metrics).await;
+            audit.bytes_up = up;
             match sent {
-                Ok(up) => {
-                    audit.bytes_up = up;
+                Ok(()) => {
                     let (down, close) = client
                         .relay_down_with(&mut upstream, idle, stop, &ctx.metrics.bytes_down)
                         .await;
                     audit.bytes_down = down;
                     audit.close = Some(close.as_str());
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "forwarding request failed");
-                    audit.close = Some(Close::Error.as_str());
+                Err(close) => {
+                    tracing::debug!(close = close.as_str(), "forwarding the request failed");
+                    audit.close = Some(close.as_str());
                 }
             }
         }
@@ -645,39 +647,57 @@ impl BodyFraming {
     }
 }
 
+/// A forwarded request's body: how it is framed, what of it came with the head, and how long
+/// the client may leave it waiting.
+struct BodySource {
+    framing: Body,
+    leftover: Vec<u8>,
+    /// `upstream.idleTimeout`: the longest any one read or write of the body may wait.
+    idle: Duration,
+}
+
 /// Sends a forwarded request: the rewritten head, then exactly its body. Bytes after the body
-/// are not forwarded: one request per client connection.
+/// are not forwarded: one request per client connection. Each read and write is a
+/// [`relay::step`]: a client that stops sending mid-body, or an upstream that stops reading, ends
+/// the connection after `upstream.idleTimeout`, and the drain ends it like any tunnel. Returns
+/// the bytes sent upstream, also when the request could not be sent whole.
 async fn forward_request<S: AsyncRead + Unpin>(
     client: &mut S,
     upstream: &mut TcpStream,
     head: &[u8],
-    body: Body,
-    leftover: Vec<u8>,
+    body: BodySource,
+    stop: &mut relay::Stop,
     metrics: &ListenerMetrics,
-) -> std::io::Result<u64> {
-    upstream.write_all(head).await?;
-    let mut sent = head.len() as u64;
-    let mut framing = BodyFraming::new(body);
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut chunk: &[u8] = &leftover;
-    loop {
-        let (take, done) = framing.take(chunk)?;
-        upstream.write_all(&chunk[..take]).await?;
-        sent += take as u64;
-        if done {
-            break;
+) -> (u64, Result<(), Close>) {
+    let idle = body.idle;
+    let mut sent = 0u64;
+    let result = async {
+        relay::send_early(upstream, head, idle, stop).await?;
+        sent = head.len() as u64;
+        let mut framing = BodyFraming::new(body.framing);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut chunk: &[u8] = &body.leftover;
+        loop {
+            let (take, done) = framing.take(chunk).map_err(|e| {
+                tracing::debug!(error = %e, "the request body's framing is invalid");
+                Close::Error
+            })?;
+            relay::step(idle, stop, upstream.write_all(&chunk[..take])).await?;
+            sent += take as u64;
+            if done {
+                return Ok(());
+            }
+            let n = relay::step(idle, stop, client.read(&mut buf)).await?;
+            if n == 0 {
+                // The body was cut short.
+                return Err(Close::Error);
+            }
+            chunk = &buf[..n];
         }
-        let n = client.read(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "request body cut short",
-            ));
-        }
-        chunk = &buf[..n];
     }
+    .await;
     metrics.bytes_up.inc_by(sent);
-    Ok(sent)
+    (sent, result)
 }
 
 #[cfg(test)]

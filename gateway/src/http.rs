@@ -75,7 +75,8 @@ pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
             // Grow geometrically, but never past one byte over the limit: that byte is how we
             // know the head is too large.
             let room = max_bytes + 1 - buf.len();
-            buf.reserve(buf.len().max(1024).min(room));
+            // `reserve_exact`: `reserve` may round up to twice the length, past the limit.
+            buf.reserve_exact(buf.len().max(1024).min(room));
         }
         let searched = buf.len().saturating_sub(3);
         let n = match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
@@ -285,9 +286,14 @@ impl<'a> Fields<'a> {
             "trailer",
             "upgrade",
         ];
+        // A `Connection` header may name the body's framing headers, but they are never dropped:
+        // the body is forwarded as they frame it, and without them the upstream would read that
+        // body as a request of its own.
         HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
             || self.connection_tokens.iter().any(|t| {
-                t.eq_ignore_ascii_case(name) && !t.eq_ignore_ascii_case("transfer-encoding")
+                t.eq_ignore_ascii_case(name)
+                    && !t.eq_ignore_ascii_case("transfer-encoding")
+                    && !t.eq_ignore_ascii_case("content-length")
             })
     }
 }
@@ -382,6 +388,12 @@ impl Default for ChunkedScanner {
     }
 }
 
+/// A control byte other than HTAB (CR is handled by the scanner's states): never part of a chunk
+/// extension or a trailer field, and a bare LF among them is a line end to lenient parsers.
+fn is_control(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
 impl ChunkedScanner {
     /// Feeds bytes; returns how many belong to the body (`Some(n)` with the body complete after
     /// `n` bytes) or `None` when all of `data` belongs to it and more is to come.
@@ -397,6 +409,11 @@ impl ChunkedScanner {
                     }
                     match b {
                         b'\r' if digits > 0 => ChunkState::SizeLf { value },
+                        // A bare LF, NUL or other control byte in an extension: an upstream that
+                        // ends lines at LF would see a different body end than ours.
+                        _ if ext && is_control(b) => {
+                            return Err("control byte in a chunk extension")
+                        }
                         _ if ext => ChunkState::Size { value, digits, ext },
                         b';' | b' ' | b'\t' if digits > 0 => ChunkState::Size {
                             value,
@@ -463,6 +480,8 @@ impl ChunkedScanner {
                     }
                     if b == b'\r' {
                         ChunkState::TrailerLf { empty_line }
+                    } else if is_control(b) {
+                        return Err("control byte in a trailer field");
                     } else {
                         ChunkState::Trailer { empty_line: false }
                     }
@@ -652,5 +671,56 @@ mod tests {
         }
         assert!(ChunkedScanner::default().feed(b"zz\r\n").is_err());
         assert!(ChunkedScanner::default().feed(b"4\r\nWikiXX").is_err());
+    }
+
+    /// A bare LF (or another control byte) where our scanner would read on, but a lenient
+    /// upstream would end a line, is refused: otherwise the two would disagree on where the body
+    /// ends, and what follows would reach the upstream as a request of its own.
+    #[test]
+    fn chunked_scanner_refuses_control_bytes_in_extensions_and_trailers() {
+        for body in [
+            &b"0\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"5;a\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"5;a\x00b\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nX-T: 1\nGET / HTTP/1.1\r\n\r\n",
+            b"0\r\nX-T: a\x7fb\r\n\r\n",
+        ] {
+            assert!(
+                ChunkedScanner::default().feed(body).is_err(),
+                "accepted {:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // A tab in an extension or a trailer is allowed.
+        let ok = b"5;a=\tb\r\nhello\r\n0\r\nX-T:\t1\r\n\r\n";
+        assert_eq!(ChunkedScanner::default().feed(ok), Ok(Some(ok.len())));
+    }
+
+    /// `Connection: content-length` must not strip the body's length: the upstream would read
+    /// the body as a request of its own.
+    #[test]
+    fn framing_headers_named_in_connection_are_kept() {
+        let r = parse_request(
+            b"POST http://a.com/ HTTP/1.1\r\nContent-Length: 40\r\nConnection: Content-Length, x-drop\r\nX-Drop: 1\r\n\r\n",
+        )
+        .expect("valid");
+        let ProxyRequest::Forward { head, body, .. } = r else {
+            panic!("expected a forward");
+        };
+        assert_eq!(body, Body::Length(40));
+        assert_eq!(
+            String::from_utf8(head).expect("ascii"),
+            "POST / HTTP/1.1\r\nHost: a.com\r\nContent-Length: 40\r\nConnection: close\r\n\r\n"
+        );
+        let r = parse_request(
+            b"POST http://a.com/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: transfer-encoding\r\n\r\n",
+        )
+        .expect("valid");
+        let ProxyRequest::Forward { head, .. } = r else {
+            panic!("expected a forward");
+        };
+        assert!(String::from_utf8(head)
+            .expect("ascii")
+            .contains("\r\nTransfer-Encoding: chunked\r\n"));
     }
 }

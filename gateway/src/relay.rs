@@ -355,6 +355,43 @@ pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs one step of an allowed connection that comes before its relay (a request body, tunnel
+/// data the caller sent early, a peeked ClientHello replayed) under the relay's rules: the step
+/// ends after `idle` without completing, or when `stop` says the connection must end.
+pub async fn step<T>(
+    idle: Duration,
+    stop: &mut Stop,
+    work: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, Close> {
+    tokio::select! {
+        r = tokio::time::timeout(idle, work) => match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(Close::Error),
+            Err(_) => Err(Close::IdleTimeout),
+        },
+        c = stop => Err(c),
+    }
+}
+
+/// Sends `data` upstream before the relay starts, as a [`step`]. A write that the socket takes
+/// whole at once, as a fresh connection's first write is, arms no timer.
+pub async fn send_early(
+    dst: &TcpStream,
+    mut data: &[u8],
+    idle: Duration,
+    stop: &mut Stop,
+) -> Result<(), Close> {
+    match dst.try_write(data) {
+        Ok(n) => data = &data[n..],
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(_) => return Err(Close::Error),
+    }
+    if data.is_empty() {
+        return Ok(());
+    }
+    step(idle, stop, write_all(dst, data)).await
+}
+
 /// One direction: `src` to `dst` until `src` sends EOF, then half-close `dst`.
 ///
 /// `one_done` is shared with the opposite direction. The first direction to finish half-closes

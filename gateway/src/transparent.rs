@@ -510,28 +510,27 @@ async fn proxy(
         crate::connect::dial_allowed(gw, loaded, &identity, &decision, &dest, audit).await?;
     let allowed = (decision.verdict, Reason::from(decision.reason));
 
+    let mut force_close = gw.force_close.clone();
+    let mut stop: crate::relay::Stop = Box::pin(async move {
+        let _ = force_close.wait_for(|d| *d).await;
+        Close::Drain
+    });
+    let idle = gw.config.upstream.idle_timeout;
     // The peeked bytes go upstream unchanged, then the relay takes over.
     let early = peeked.len() as u64;
     if !peeked.is_empty() {
-        if upstream.write_all(&peeked).await.is_err() {
-            audit.close = Some(Close::Error.as_str());
+        if let Err(close) = crate::relay::send_early(&upstream, &peeked, idle, &mut stop).await {
+            audit.close = Some(close.as_str());
             return Ok(allowed);
         }
         ctx.metrics.bytes_up.inc_by(early);
     }
     drop(peeked);
-    let mut force_close = gw.force_close.clone();
-    let stop: crate::relay::Stop = Box::pin(async move {
-        let _ = force_close.wait_for(|d| *d).await;
-        Close::Drain
-    });
     let meters = Meters {
         up: &ctx.metrics.bytes_up,
         down: &ctx.metrics.bytes_down,
     };
-    let relayed = client
-        .relay_with(&mut upstream, gw.config.upstream.idle_timeout, stop, meters)
-        .await;
+    let relayed = client.relay_with(&mut upstream, idle, stop, meters).await;
     audit.bytes_up = relayed.up + early;
     audit.bytes_down = relayed.down;
     audit.close = Some(relayed.close.as_str());

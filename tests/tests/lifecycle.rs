@@ -191,6 +191,36 @@ async fn tunnels_still_open_when_the_drain_period_ends_are_closed() {
     assert_eq!(line["close"], "drain");
 }
 
+/// A forwarded request whose body stalls is an open connection like a tunnel: the end of the
+/// drain period closes it too, and its audit line is written before the gateway exits.
+#[tokio::test]
+async fn a_request_body_still_arriving_when_the_drain_period_ends_is_closed() {
+    let (_dns, _echo, mut gw) = setup("shutdown:\n  drainTimeout: 300ms\n").await;
+    // It records what it receives.
+    let slurp = Upstream::start("127.0.0.1:0", Behaviour::HttpSlurp).await;
+    let port = slurp.addr.port();
+    let mut s = egress_tests::client::connect_from("127.0.0.2", gw.proxy).await;
+    let head = format!(
+        "POST http://one.test:{port}/up HTTP/1.1\r\nHost: one.test:{port}\r\nContent-Length: 10\r\n\r\nabc"
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    // The request is forwarded before the signal.
+    egress_tests::eventually("the request head reached the upstream", || {
+        String::from_utf8_lossy(&slurp.received())
+            .contains("POST /up")
+            .then_some(())
+    })
+    .await;
+    gw.signal("TERM");
+    read_to_end(&mut s).await;
+    assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
+    let line = gw
+        .wait_audit("the stalled request's line", |v| v["host"] == "one.test")
+        .await;
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["close"], "drain");
+}
+
 /// The lines a child writes on its standard error (piped), as they come.
 fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     let stderr = child.stderr.take().expect("stderr");

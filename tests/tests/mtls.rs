@@ -649,3 +649,55 @@ async fn tls_handshakes_count_against_max_connections() {
         Some(1.0)
     );
 }
+
+/// `headerReadTimeout` bounds the TLS handshake and the request head together, from accept: a
+/// caller that spends most of it before the handshake does not get a second allowance after it.
+#[tokio::test]
+async fn the_handshake_and_the_request_head_share_one_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = temp_dir("pki-deadline");
+    certs_dev(&pki, &["spiffe://cluster.local/ns/payments/sa/checkout"]);
+    let dns = DnsServer::start().await;
+    dns.set("web.test", &["127.0.0.1"]);
+    let web = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let tls = format!(
+        "    tls:\n      cert: {}\n      key: {}\n      clientCa: {}\n",
+        pki.join("gateway.crt").display(),
+        pki.join("gateway.key").display(),
+        pki.join("ca.crt").display()
+    );
+    let gw = Gateway::start_with_listener(
+        POLICY,
+        &tls,
+        &format!(
+            "dns:\n  nameservers: [\"{}\"]\nlimits:\n  headerReadTimeout: 2s\n",
+            dns.addr
+        ),
+    )
+    .await;
+    let pause = std::time::Duration::from_millis(1200);
+    let tcp = tokio::net::TcpStream::connect(gw.proxy).await.expect("tcp");
+    tokio::time::sleep(pause).await;
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(&[&pki.join("ca.crt")], &pki, "checkout"));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    // 1.2 s before the handshake and 1.2 s after it: within 2 s of the handshake's end, but past
+    // 2 s from accept.
+    tokio::time::sleep(pause).await;
+    let target = format!("web.test:{}", web.addr.port());
+    let _ = tls
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes())
+        .await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(egress_tests::DEADLINE, tls.read_to_end(&mut reply)).await;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let line = gw
+        .wait_audit("the timed-out line", |v| v["reason"] == "header_timeout")
+        .await;
+    assert_eq!(line["decision"], "deny");
+}

@@ -365,3 +365,35 @@ async fn forwarded_request_bodies_end_where_their_framing_says() {
         assert_eq!(seen, expected, "{framing}");
     }
 }
+
+/// A client that stops sending in the middle of a request body holds its connection only for
+/// `upstream.idleTimeout`, as an idle tunnel does, and the audit line says so.
+#[tokio::test]
+async fn a_stalled_request_body_ends_at_the_idle_timeout() {
+    let dns = DnsServer::start().await;
+    dns.set("stall.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(
+        &policy(1),
+        &format!("{}upstream:\n  idleTimeout: 1s\n", config(&dns)),
+    )
+    .await;
+    let http = Upstream::start("127.0.0.1:0", Behaviour::HttpSlurp).await;
+    let port = http.addr.port();
+    let mut s = client::connect_from("127.0.0.5", gw.proxy).await;
+    let head = format!("POST http://stall.tunnel.test:{port}/up HTTP/1.1\r\nHost: stall.tunnel.test\r\nContent-Length: 10\r\n\r\nabc");
+    s.write_all(head.as_bytes()).await.expect("head");
+    // Seven of the ten body bytes never come, and the client never closes: only the gateway's
+    // idle timeout ends the connection (read_to_end gives up after 10 s).
+    read_to_end(&mut s).await;
+    let line = gw
+        .wait_audit("the stalled request's line", |v| {
+            v["host"] == "stall.tunnel.test"
+        })
+        .await;
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["close"], "idle_timeout");
+    // What did reach the upstream (the head and 3 bytes of body) is in the audit line.
+    let seen = http.received();
+    assert!(seen.ends_with(b"\r\n\r\nabc"), "{seen:?}");
+    assert_eq!(line["bytes_up"], seen.len());
+}
