@@ -28,6 +28,7 @@ use crate::metrics::{ListenerMetrics, Metrics};
 use crate::policy_store::PolicyStore;
 use crate::reason::{Reason, Reject};
 use crate::relay::{self, Caller, Close, Meters};
+use crate::tls::Presented;
 
 /// What every listener shares.
 pub struct Gateway {
@@ -278,6 +279,7 @@ async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) 
         gw.audit.write(audit);
         return;
     }
+    let generation = store.generation();
     let acceptor = store.current().acceptor.clone();
     // The TLS path is boxed: a handshake and a TLS stream are large, and a plain connection's
     // task should not be sized for them (every task is as large as its largest state).
@@ -285,10 +287,16 @@ async fn handle(ctx: Arc<ConnectListener>, client: TcpStream, peer: SocketAddr) 
         Ok(Ok(tls)) => {
             let mtls = match tls.get_ref().1.peer_certificates() {
                 None | Some([]) => Mtls::NoCertificate,
-                Some(chain) => match egress_certs::spiffe::spiffe_id_of(&chain[0]) {
-                    Ok(id) => Mtls::Identity(id.to_string(), chain.to_vec()),
-                    Err(why) => Mtls::NotAnIdentity(why.to_string()),
-                },
+                Some(chain) => {
+                    let presented = Presented {
+                        chain: chain.to_vec(),
+                        generation,
+                    };
+                    match egress_certs::spiffe::spiffe_id_of(&chain[0]) {
+                        Ok(id) => Mtls::Identity(id.to_string(), presented),
+                        Err(why) => Mtls::NotAnIdentity(why.to_string(), presented),
+                    }
+                }
             };
             Box::pin(serve_caller(&ctx, tls, peer, mtls, deadline, admission)).await;
         }
@@ -314,10 +322,11 @@ enum Mtls {
     NotTls,
     /// A TLS listener with `clientAuth: optional`, and no certificate.
     NoCertificate,
-    /// A verified certificate that is not an X.509-SVID: no identity.
-    NotAnIdentity(String),
+    /// A verified certificate that is not an X.509-SVID: no identity. Its chain is re-checked
+    /// when the trust bundles change, as an identity's is.
+    NotAnIdentity(String, Presented),
     /// The SPIFFE ID, and the chain it came with (re-checked when the trust bundles change).
-    Identity(String, Vec<rustls::pki_types::CertificateDer<'static>>),
+    Identity(String, Presented),
 }
 
 /// A failed handshake: counted by reason, logged with the peer address (never key material),
@@ -409,12 +418,13 @@ async fn proxy<S: Caller>(
     let mut presented_chain = None;
     let mut note = None;
     let identity = match mtls {
-        Mtls::Identity(id, chain) => {
-            presented_chain = Some(chain);
+        Mtls::Identity(id, presented) => {
+            presented_chain = Some(presented);
             Identity::from_spiffe(IdentitySource::Mtls, &id, Some(peer.ip()))
         }
-        Mtls::NotAnIdentity(why) => {
+        Mtls::NotAnIdentity(why, presented) => {
             tracing::debug!(source = %peer, why, "client certificate is not an X.509-SVID: no identity");
+            presented_chain = Some(presented);
             Identity::anonymous(Some(peer.ip()))
         }
         Mtls::NotTls | Mtls::NoCertificate => {
@@ -424,6 +434,16 @@ async fn proxy<S: Caller>(
         }
     };
     audit.set_identity(&identity);
+    // The trust bundles may have changed since the handshake (a CA removed while the caller
+    // took its time with the request head): a certificate they no longer trust is no identity.
+    if let (Some(store), Some(presented)) = (&ctx.tls, &presented_chain) {
+        if !store.still_trusts(presented) {
+            return Err(Reject::new(
+                Reason::UnknownIdentity,
+                "the client certificate no longer chains to a trusted CA: the trust bundles changed after the handshake",
+            ));
+        }
+    }
 
     let (loaded, decision) = decide(gw, audit, &identity, &dest, note.as_slice())?;
     let mut upstream = dial_allowed(gw, loaded, &identity, &decision, &dest, audit).await?;
@@ -458,13 +478,16 @@ async fn proxy<S: Caller>(
             }
             // Bytes the client sent after the head (optimistic tunnel data) go upstream only now
             // that the tunnel is allowed and established.
-            let early = leftover.len() as u64;
+            let mut early = 0;
             if !leftover.is_empty() {
-                if let Err(close) = relay::send_early(&upstream, &leftover, idle, &mut stop).await {
+                let sent = relay::send_early(&upstream, &leftover, idle, &mut stop, &mut early);
+                let sent = sent.await;
+                ctx.metrics.bytes_up.inc_by(early);
+                if let Err(close) = sent {
+                    audit.bytes_up = early;
                     audit.close = Some(close.as_str());
                     return Ok(allowed);
                 }
-                ctx.metrics.bytes_up.inc_by(early);
             }
             drop(leftover);
             let meters = Meters {
@@ -672,8 +695,7 @@ async fn forward_request<S: AsyncRead + Unpin>(
     let idle = body.idle;
     let mut sent = 0u64;
     let result = async {
-        relay::send_early(upstream, head, idle, stop).await?;
-        sent = head.len() as u64;
+        relay::send_early(upstream, head, idle, stop, &mut sent).await?;
         let mut framing = BodyFraming::new(body.framing);
         let mut buf = vec![0u8; 16 * 1024];
         let mut chunk: &[u8] = &body.leftover;
@@ -682,8 +704,9 @@ async fn forward_request<S: AsyncRead + Unpin>(
                 tracing::debug!(error = %e, "the request body's framing is invalid");
                 Close::Error
             })?;
-            relay::step(idle, stop, upstream.write_all(&chunk[..take])).await?;
-            sent += take as u64;
+            if take > 0 {
+                relay::send_early(upstream, &chunk[..take], idle, stop, &mut sent).await?;
+            }
             if done {
                 return Ok(());
             }

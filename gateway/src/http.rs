@@ -691,8 +691,8 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
-        // A tab in an extension or a trailer is allowed.
-        let ok = b"5;a=\tb\r\nhello\r\n0\r\nX-T:\t1\r\n\r\n";
+        // A tab, and obs-text (bytes 0x80 to 0xff), in an extension or a trailer are allowed.
+        let ok = b"5;a=\t\"\xe9\"\r\nhello\r\n0\r\nX-T:\t1 \xe9\r\n\r\n";
         assert_eq!(ChunkedScanner::default().feed(ok), Ok(Some(ok.len())));
     }
 

@@ -373,23 +373,43 @@ pub async fn step<T>(
     }
 }
 
-/// Sends `data` upstream before the relay starts, as a [`step`]. A write that the socket takes
-/// whole at once, as a fresh connection's first write is, arms no timer.
+/// Sends `data` upstream before the relay starts, as a [`step`], adding what was written to
+/// `sent` (also when the step ends partway). A write that the socket takes whole at once, as a
+/// fresh connection's first write is, arms no timer.
 pub async fn send_early(
     dst: &TcpStream,
-    mut data: &[u8],
+    data: &[u8],
     idle: Duration,
     stop: &mut Stop,
+    sent: &mut u64,
 ) -> Result<(), Close> {
-    match dst.try_write(data) {
-        Ok(n) => data = &data[n..],
+    let mut left = data;
+    match dst.try_write(left) {
+        Ok(n) => {
+            *sent += n as u64;
+            left = &left[n..];
+        }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(_) => return Err(Close::Error),
     }
-    if data.is_empty() {
+    if left.is_empty() {
         return Ok(());
     }
-    step(idle, stop, write_all(dst, data)).await
+    let rest = async {
+        while !left.is_empty() {
+            dst.writable().await?;
+            match dst.try_write(left) {
+                Ok(n) => {
+                    *sent += n as u64;
+                    left = &left[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    step(idle, stop, rest).await
 }
 
 /// One direction: `src` to `dst` until `src` sends EOF, then half-close `dst`.
@@ -542,6 +562,43 @@ mod tests {
             .expect("connect");
         let (b, _) = l.accept().await.expect("accept");
         (a, b)
+    }
+
+    /// `send_early` returns at once when the socket takes everything (no timer, `stop` not
+    /// polled); towards a peer that never reads it ends at the idle timeout, or when `stop`
+    /// resolves, and in both cases counts what the socket did take.
+    #[tokio::test]
+    async fn early_sends_end_at_the_idle_timeout_or_the_stop_and_count_what_was_sent() {
+        use super::{send_early, Stop};
+        let ready = || -> Stop { Box::pin(std::future::ready(Close::Drain)) };
+        let (a, _b) = pair().await;
+        let mut sent = 0;
+        let mut stop = ready();
+        let r = send_early(
+            &a,
+            b"hello",
+            Duration::from_secs(3600),
+            &mut stop,
+            &mut sent,
+        );
+        assert_eq!(r.await, Ok(()));
+        assert_eq!(sent, 5);
+
+        let big = vec![7u8; 64 * 1024 * 1024];
+        let pending = || -> Stop { Box::pin(std::future::pending()) };
+        let (a, _b) = pair().await;
+        let mut sent = 0;
+        let mut stop = pending();
+        let r = send_early(&a, &big, Duration::from_millis(200), &mut stop, &mut sent);
+        assert_eq!(r.await, Err(Close::IdleTimeout));
+        assert!(sent > 0 && sent < big.len() as u64, "{sent}");
+
+        let (a, _b) = pair().await;
+        let mut sent = 0;
+        let mut stop = ready();
+        let r = send_early(&a, &big, Duration::from_secs(3600), &mut stop, &mut sent);
+        assert_eq!(r.await, Err(Close::Drain));
+        assert!(sent > 0 && sent < big.len() as u64, "{sent}");
     }
 
     /// A bulk download through pipes that are full after one page, though they claim 256 KiB:

@@ -61,6 +61,13 @@ pub fn load(cfg: &TlsConfig) -> anyhow::Result<TlsMaterial> {
     })
 }
 
+/// A caller's client certificate chain, and the generation of the material whose trust bundles
+/// verified it in the handshake.
+pub struct Presented {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub generation: u64,
+}
+
 /// The live TLS material of one listener.
 pub struct CertStore {
     listener: String,
@@ -102,14 +109,36 @@ impl CertStore {
         Ok(true)
     }
 
-    /// Resolves once `chain` (a live tunnel's client certificate) no longer passes the current
-    /// trust bundles; never, while it does.
-    pub async fn until_untrusted(&self, chain: &[CertificateDer<'static>]) {
+    /// The generation of the material, one more at every reload. Read it before
+    /// [`current`](Self::current) for a handshake: a reload stores the new material first and
+    /// counts it after, so the generation read is never newer than the material.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Whether `presented` (verified in a handshake) still passes the current trust bundles: the
+    /// same generation, or a later one that still trusts it.
+    pub fn still_trusts(&self, presented: &Presented) -> bool {
+        self.generation() == presented.generation
+            || still_trusted(self.current().verifier.as_ref(), &presented.chain)
+    }
+
+    /// Resolves once `presented` (a live tunnel's client certificate) no longer passes the
+    /// current trust bundles; never, while it does. A reload between its handshake and this
+    /// call counts: the chain is checked at once then.
+    pub async fn until_untrusted(&self, presented: &Presented) {
         let mut rx = self.generation.subscribe();
-        while rx.changed().await.is_ok() {
-            if !still_trusted(self.current().verifier.as_ref(), chain) {
+        let mut seen = *rx.borrow_and_update();
+        loop {
+            if seen != presented.generation
+                && !still_trusted(self.current().verifier.as_ref(), &presented.chain)
+            {
                 return;
             }
+            if rx.changed().await.is_err() {
+                break;
+            }
+            seen = *rx.borrow_and_update();
         }
         std::future::pending::<()>().await;
     }

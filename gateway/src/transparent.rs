@@ -517,13 +517,16 @@ async fn proxy(
     });
     let idle = gw.config.upstream.idle_timeout;
     // The peeked bytes go upstream unchanged, then the relay takes over.
-    let early = peeked.len() as u64;
+    let mut early = 0;
     if !peeked.is_empty() {
-        if let Err(close) = crate::relay::send_early(&upstream, &peeked, idle, &mut stop).await {
+        let sent = crate::relay::send_early(&upstream, &peeked, idle, &mut stop, &mut early);
+        let sent = sent.await;
+        ctx.metrics.bytes_up.inc_by(early);
+        if let Err(close) = sent {
+            audit.bytes_up = early;
             audit.close = Some(close.as_str());
             return Ok(allowed);
         }
-        ctx.metrics.bytes_up.inc_by(early);
     }
     drop(peeked);
     let meters = Meters {

@@ -675,16 +675,15 @@ async fn the_handshake_and_the_request_head_share_one_deadline() {
         ),
     )
     .await;
-    let pause = std::time::Duration::from_millis(1200);
     let tcp = tokio::net::TcpStream::connect(gw.proxy).await.expect("tcp");
-    tokio::time::sleep(pause).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     let connector =
         tokio_rustls::TlsConnector::from(client_config(&[&pki.join("ca.crt")], &pki, "checkout"));
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let mut tls = connector.connect(name, tcp).await.expect("handshake");
-    // 1.2 s before the handshake and 1.2 s after it: within 2 s of the handshake's end, but past
+    // 0.8 s before the handshake and 1.5 s after it: within 2 s of the handshake's end, but past
     // 2 s from accept.
-    tokio::time::sleep(pause).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let target = format!("web.test:{}", web.addr.port());
     let _ = tls
         .write_all(format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes())
@@ -700,4 +699,113 @@ async fn the_handshake_and_the_request_head_share_one_deadline() {
         .wait_audit("the timed-out line", |v| v["reason"] == "header_timeout")
         .await;
     assert_eq!(line["decision"], "deny");
+}
+
+/// A trust-bundle change between a caller's handshake and its request counts: the caller's
+/// certificate is checked again before the decision (here refused, `407`), and a live tunnel
+/// whose client certificate is not an X.509-SVID (no identity; allowed by a `cidr` rule) is
+/// closed like an identity's when its CA leaves the bundle.
+#[tokio::test]
+async fn a_ca_removed_after_the_handshake_counts_for_the_request_and_for_non_svid_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (one, two) = (temp_dir("pki-late-one"), temp_dir("pki-late-two"));
+    certs_dev(&one, &["spiffe://cluster.local/ns/payments/sa/checkout"]);
+    certs_dev(&two, &["spiffe://cluster.local/ns/payments/sa/teller"]);
+    let plain = issue(&one, "plain", |p| {
+        p.subject_alt_names = vec![rcgen::SanType::DnsName(
+            "plain.test".try_into().expect("ascii"),
+        )]
+    });
+    let secret = temp_dir("secret-late");
+    write_secret(
+        &secret,
+        1,
+        &one.join("gateway.crt"),
+        &one.join("gateway.key"),
+        &[&one.join("ca.crt")],
+    );
+    let dns = DnsServer::start().await;
+    dns.set("web.test", &["127.0.0.1"]);
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let tls = format!(
+        "    tls:\n      cert: {}\n      key: {}\n      clientCa: {}\n",
+        secret.join("tls.crt").display(),
+        secret.join("tls.key").display(),
+        secret.join("ca.crt").display()
+    );
+    let policy = format!(
+        "{POLICY}  - name: loopback-by-address\n    action: allow\n    from:\n      - cidr: 127.0.0.0/8\n    to:\n      - host: web.test\n        ports: [\"*\"]\n        allowPrivateAddresses: true\n"
+    );
+    let gw = Gateway::start_with_listener(
+        &policy,
+        &tls,
+        &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr),
+    )
+    .await;
+    let target = format!("web.test:{}", echo.addr.port());
+
+    // A live tunnel of a certificate without an identity, allowed by address.
+    let (mut live, status) = tls_connect(&gw, &one.join("ca.crt"), &one, &plain, &target)
+        .await
+        .expect("connect");
+    assert_eq!(status, 200);
+    // An SVID caller that has finished its handshake and not yet sent its request.
+    let tcp = tokio::net::TcpStream::connect(gw.proxy).await.expect("tcp");
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(&[&one.join("ca.crt")], &one, "checkout"));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut pending = connector.connect(name, tcp).await.expect("handshake");
+
+    // CA one leaves the bundle.
+    write_secret(
+        &secret,
+        2,
+        &two.join("gateway.crt"),
+        &two.join("gateway.key"),
+        &[&two.join("ca.crt")],
+    );
+    assert!(gw
+        .wait_metric(
+            "egress_tls_reloads_total{listener=\"proxy\",result=\"ok\"}",
+            1.0
+        )
+        .await
+        .is_some_and(|v| v >= 1.0));
+
+    pending
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(egress_tests::DEADLINE, pending.read_to_end(&mut reply)).await;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 407"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let line = gw
+        .wait_audit("the late caller's line", |v| {
+            v["reason"] == "unknown_identity"
+        })
+        .await;
+    assert!(
+        line["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("no longer chains to a trusted CA")),
+        "{line}"
+    );
+
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(egress_tests::DEADLINE, live.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "the non-SVID tunnel of a removed CA stayed open"
+    );
+    let line = gw
+        .wait_audit("the revoked tunnel's line", |v| {
+            v["close"] == "trust_revoked"
+        })
+        .await;
+    assert_eq!(line["identity_source"], "none");
+    assert_eq!(line["rule"], "loopback-by-address");
 }
