@@ -685,9 +685,17 @@ fn validate(raw: RawConfig, file: &str) -> Result<GatewayConfig, ConfigError> {
     } else {
         None
     };
+    // A trust domain alone: a path or a `*` would become part of every Pod's SPIFFE ID.
     let td = &raw.identity.trust_domain;
-    SpiffePattern::parse(&format!("spiffe://{td}"))
-        .map_err(|e| invalid(format!("identity.trustDomain: {e}")))?;
+    let td_ok = !td.is_empty()
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if !td_ok {
+        return Err(invalid(format!(
+            "identity.trustDomain: {td:?} is not a SPIFFE trust domain: use lower-case letters, digits, '.', '_' and '-' (no scheme, no path)"
+        )));
+    }
     let mut statics = Vec::new();
     for s in raw.identity.statics {
         let cidr = parse_cidr(&s.cidr).map_err(|e| invalid(format!("identity.static: {e}")))?;
@@ -892,5 +900,25 @@ mod tests {
         assert_eq!(c.kubernetes.expect("on").max_staleness, None);
         let bad = "identity:\n  kubernetes:\n    enabled: true\n    maxStaleness: soon\n";
         assert!(parse(bad, &[]).is_err());
+    }
+
+    /// The trust domain is a name alone: a path or a `*` would be spliced into every Pod's ID.
+    #[test]
+    fn the_trust_domain_is_a_trust_domain_alone() {
+        let c = parse("identity:\n  trustDomain: prod.example-1\n", &[]).expect("valid");
+        assert_eq!(c.trust_domain, "prod.example-1");
+        for bad in [
+            "cluster.local/ns/kube-system/sa/admin",
+            "cluster.local/*",
+            "*",
+            "Cluster.local",
+            "spiffe://cluster.local",
+            "",
+        ] {
+            let err = parse(&format!("identity:\n  trustDomain: '{bad}'\n"), &[])
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("identity.trustDomain"), "{bad}: {err}");
+        }
     }
 }
