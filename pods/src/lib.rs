@@ -270,7 +270,10 @@ impl CacheWriter {
                 if unchanged {
                     return;
                 }
-                self.remove(&uid);
+                // The tables change first and the readers' entries after, each address once:
+                // a reader sees the Pod's old claim or its new one, never the moment between
+                // (when a contested address would have one claimant left, or an owned one none).
+                let old = self.unclaim(&uid);
                 for ip in ips.iter() {
                     self.claims.entry(*ip).or_default().push(Arc::clone(&uid));
                 }
@@ -284,6 +287,12 @@ impl CacheWriter {
                 );
                 for ip in ips.iter() {
                     self.publish(*ip);
+                }
+                if let Some(old) = old {
+                    for ip in old.ips.iter().filter(|ip| !ips.contains(ip)) {
+                        self.publish(*ip);
+                    }
+                    self.count_removal();
                 }
                 self.cache
                     .pods
@@ -325,9 +334,22 @@ impl CacheWriter {
     }
 
     fn remove(&mut self, uid: &str) {
-        let Some(old) = self.pods.remove(uid) else {
+        let Some(old) = self.unclaim(uid) else {
             return;
         };
+        for ip in old.ips.iter() {
+            self.publish(*ip);
+        }
+        self.cache
+            .pods
+            .store(self.pods.len() as u64, Ordering::Relaxed);
+        self.count_removal();
+    }
+
+    /// Takes `uid` and its claims out of the writer's tables without touching the readers'
+    /// entries: the caller publishes the addresses once the tables are final.
+    fn unclaim(&mut self, uid: &str) -> Option<Claimant> {
+        let old = self.pods.remove(uid)?;
         for ip in old.ips.iter() {
             if let Some(list) = self.claims.get_mut(ip) {
                 list.retain(|u| &**u != uid);
@@ -335,11 +357,11 @@ impl CacheWriter {
                     self.claims.remove(ip);
                 }
             }
-            self.publish(*ip);
         }
-        self.cache
-            .pods
-            .store(self.pods.len() as u64, Ordering::Relaxed);
+        Some(old)
+    }
+
+    fn count_removal(&mut self) {
         self.removed_since_prune += 1;
         if self.removed_since_prune > 10_000 {
             self.prune_strings();

@@ -105,6 +105,50 @@ fn two_live_claims_are_a_conflict_until_one_goes() {
     assert_eq!(w.cache().stats().addresses, 0);
 }
 
+/// A Pod's update never shows readers a state between its old claim and its new one: a contested
+/// address stays a conflict (never the other Pod's), and an owned address stays owned (never
+/// unknown, which would fall through to the static table). A reader thread looks while the
+/// writer changes a label back and forth.
+#[test]
+fn updates_never_show_readers_a_state_in_between() {
+    let mut w = writer();
+    let mut contested = pod("old", "a", "u1", &["10.0.0.5", "10.0.0.6"], "Running");
+    w.apply(&pod("new", "b", "u2", &["10.0.0.5"], "Running"));
+    w.apply(&contested);
+    assert_eq!(owner(w.cache(), "10.0.0.5").as_deref(), Some("CONFLICT"));
+    assert_eq!(owner(w.cache(), "10.0.0.6").as_deref(), Some("old/a"));
+    let cache = Arc::clone(w.cache());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut wrong = Vec::new();
+            let end = std::time::Instant::now() + Duration::from_secs(20);
+            while !done.load(Ordering::Acquire) && std::time::Instant::now() < end {
+                for (addr, want) in [("10.0.0.5", "CONFLICT"), ("10.0.0.6", "old/a")] {
+                    let seen = owner(&cache, addr);
+                    if seen.as_deref() != Some(want) && wrong.len() < 5 {
+                        wrong.push(format!("{addr}: {seen:?}"));
+                    }
+                }
+            }
+            wrong
+        })
+    };
+    for i in 0..20_000 {
+        contested
+            .metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert("round".into(), (i % 2).to_string());
+        w.apply(&contested);
+    }
+    done.store(true, Ordering::Release);
+    let wrong = reader.join().expect("reader");
+    assert!(wrong.is_empty(), "readers saw {wrong:?}");
+}
+
 #[test]
 fn a_pod_that_changes_address_releases_the_old_one() {
     let mut w = writer();
