@@ -499,7 +499,25 @@ async fn proxy<S: Caller>(
             audit.bytes_down = relayed.down;
             audit.close = Some(relayed.close.as_str());
         }
-        ProxyRequest::Forward { head, body, .. } => {
+        ProxyRequest::Forward {
+            head,
+            body,
+            continue_first,
+            ..
+        } => {
+            // The client waits for this before it sends the body; the upstream, which never
+            // saw the expectation, will not send it, and its answer is relayed only after the
+            // body anyway.
+            if continue_first {
+                let interim = async {
+                    client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                    client.flush().await
+                };
+                if let Err(close) = relay::step(idle, &mut stop, interim).await {
+                    audit.close = Some(close.as_str());
+                    return Ok(allowed);
+                }
+            }
             let body = BodySource {
                 framing: body,
                 leftover,

@@ -24,6 +24,11 @@ pub enum ProxyRequest {
         /// The request head to send upstream (origin-form, `Host` from the URI, `Connection: close`).
         head: Vec<u8>,
         body: Body,
+        /// An HTTP/1.1 client with a body asked `Expect: 100-continue`: the gateway answers
+        /// `100 Continue` itself once the upstream connection is up (the body is only read from
+        /// the client after that). A lone `Expect: 100-continue` is never forwarded: the
+        /// gateway meets it, or ignores it (HTTP/1.0, no body).
+        continue_first: bool,
     },
 }
 
@@ -186,6 +191,8 @@ pub fn parse_request(head: &[u8]) -> Result<ProxyRequest, Reject> {
     } else {
         Body::Length(fields.content_length.unwrap_or(0))
     };
+    // An HTTP/1.0 client's expectation is ignored (RFC 9110 §10.1.1), and so is one without a body.
+    let continue_first = fields.expect_continue && minor == 1 && body != Body::Length(0);
     let mut out = Vec::with_capacity(head.len() + 64);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -199,7 +206,9 @@ pub fn parse_request(head: &[u8]) -> Result<ProxyRequest, Reject> {
     }
     out.extend_from_slice(format!(" HTTP/1.{minor}\r\nHost: {authority}\r\n").as_bytes());
     for h in req.headers.iter() {
-        if fields.is_hop_by_hop(h.name) {
+        if fields.is_hop_by_hop(h.name)
+            || (fields.expect_continue && h.name.eq_ignore_ascii_case("expect"))
+        {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -212,6 +221,7 @@ pub fn parse_request(head: &[u8]) -> Result<ProxyRequest, Reject> {
         destination,
         head: out,
         body,
+        continue_first,
     })
 }
 
@@ -222,6 +232,8 @@ struct Fields<'a> {
     chunked: bool,
     /// Header names listed in `Connection`, lower-cased: hop-by-hop too.
     connection_tokens: Vec<String>,
+    /// One `Expect` header, and it says `100-continue`: the gateway answers it itself.
+    expect_continue: bool,
 }
 
 impl<'a> Fields<'a> {
@@ -231,7 +243,9 @@ impl<'a> Fields<'a> {
             content_length: None,
             chunked: false,
             connection_tokens: Vec::new(),
+            expect_continue: false,
         };
+        let mut expects = 0;
         let mut saw_te = false;
         for h in headers {
             let value = std::str::from_utf8(h.value)
@@ -259,6 +273,10 @@ impl<'a> Fields<'a> {
                 }
                 saw_te = true;
                 f.chunked = true;
+            } else if h.name.eq_ignore_ascii_case("expect") {
+                expects += 1;
+                f.expect_continue =
+                    expects == 1 && value.trim().eq_ignore_ascii_case("100-continue");
             } else if h.name.eq_ignore_ascii_case("connection") {
                 f.connection_tokens.extend(
                     value
@@ -581,6 +599,7 @@ mod tests {
             destination,
             head,
             body,
+            ..
         } = r
         else {
             panic!("expected a forward");
@@ -694,6 +713,42 @@ mod tests {
         // A tab, and obs-text (bytes 0x80 to 0xff), in an extension or a trailer are allowed.
         let ok = b"5;a=\t\"\xe9\"\r\nhello\r\n0\r\nX-T:\t1 \xe9\r\n\r\n";
         assert_eq!(ChunkedScanner::default().feed(ok), Ok(Some(ok.len())));
+    }
+
+    /// `Expect: 100-continue` with a body, from an HTTP/1.1 client, is the gateway's to answer:
+    /// it is not forwarded. Without a body, from HTTP/1.0, or next to another expectation, it is
+    /// left alone.
+    #[test]
+    fn expect_100_continue_is_answered_by_the_gateway_only_where_it_applies() {
+        let forward = |head: &str| match parse_request(head.as_bytes()).expect("valid") {
+            ProxyRequest::Forward {
+                head,
+                continue_first,
+                ..
+            } => (String::from_utf8(head).expect("ascii"), continue_first),
+            ProxyRequest::Connect { .. } => panic!("expected a forward"),
+        };
+        let (head, first) = forward(
+            "POST http://a.com/ HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-Continue\r\n\r\n",
+        );
+        assert!(first);
+        assert!(!head.to_ascii_lowercase().contains("expect"), "{head}");
+        let (_, first) = forward(
+            "POST http://a.com/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+        );
+        assert!(first);
+        for (request, why) in [
+            ("GET http://a.com/ HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", "no body"),
+            ("POST http://a.com/ HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", "HTTP/1.0"),
+            ("POST http://a.com/ HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\nExpect: x\r\n\r\n", "two"),
+        ] {
+            let (_, first) = forward(request);
+            assert!(!first, "{why}");
+        }
+        let (head, _) = forward(
+            "POST http://a.com/ HTTP/1.1\r\nContent-Length: 5\r\nExpect: something\r\n\r\n",
+        );
+        assert!(head.contains("\r\nExpect: something\r\n"), "{head}");
     }
 
     /// `Connection: content-length` must not strip the body's length: the upstream would read

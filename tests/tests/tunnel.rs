@@ -397,3 +397,37 @@ async fn a_stalled_request_body_ends_at_the_idle_timeout() {
     assert!(seen.ends_with(b"\r\n\r\nabc"), "{seen:?}");
     assert_eq!(line["bytes_up"], seen.len());
 }
+
+/// A client that asks `Expect: 100-continue` gets `100 Continue` from the gateway once the
+/// upstream connection is up, sends its body only then, and gets the upstream's answer; the
+/// upstream never sees the expectation (so it sends no interim answer of its own).
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let dns = DnsServer::start().await;
+    dns.set("expect.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+    let http = Upstream::start("127.0.0.1:0", Behaviour::HttpSlurp).await;
+    let port = http.addr.port();
+    let mut s = client::connect_from("127.0.0.5", gw.proxy).await;
+    let head = format!("PUT http://expect.tunnel.test:{port}/up HTTP/1.1\r\nHost: expect.tunnel.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("head");
+    let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut got = vec![0u8; interim.len()];
+    tokio::time::timeout(egress_tests::DEADLINE, s.read_exact(&mut got))
+        .await
+        .expect("100 Continue before the body")
+        .expect("read");
+    assert_eq!(got, interim);
+    s.write_all(b"hello").await.expect("body");
+    let reply = read_to_end(&mut s).await;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let seen = String::from_utf8(http.received()).expect("ascii");
+    assert_eq!(
+        seen,
+        format!("PUT /up HTTP/1.1\r\nHost: expect.tunnel.test:{port}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+    );
+}
