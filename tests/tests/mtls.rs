@@ -392,9 +392,7 @@ async fn tls_connect_with(
 ) -> std::io::Result<(tokio_rustls::client::TlsStream<tokio::net::TcpStream>, u16)> {
     use tokio::io::AsyncWriteExt;
     let tcp = tokio::net::TcpStream::connect(gw.proxy).await?;
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut tls = connector.connect(name, tcp).await?;
+    let mut tls = handshake(tcp, config).await?;
     tls.write_all(format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes())
         .await?;
     // With TLS 1.3 a refused client certificate shows up here, as an alert instead of a head.
@@ -415,6 +413,51 @@ async fn tls_connect_with(
     Ok((tls, status))
 }
 
+/// The client side of a TLS handshake with the gateway on `tcp`, and nothing sent after it.
+async fn handshake(
+    tcp: tokio::net::TcpStream,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    connector.connect(name, tcp).await
+}
+
+/// The `tls:` block of the `connect` listener: server `cert` and `key`, client CAs in `ca`.
+fn tls_block(cert: &Path, key: &Path, ca: &Path) -> String {
+    format!(
+        "    tls:\n      cert: {}\n      key: {}\n      clientCa: {}\n",
+        cert.display(),
+        key.display(),
+        ca.display()
+    )
+}
+
+/// A gateway with `policy` and the `connect` listener's `tls` block, `web.test` resolving to a
+/// loopback echo upstream, and `extra` appended to its configuration.
+async fn echo_gateway(policy: &str, tls: &str, extra: &str) -> (DnsServer, Upstream, Gateway) {
+    let dns = DnsServer::start().await;
+    dns.set("web.test", &["127.0.0.1"]);
+    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
+    let config = format!("dns:\n  nameservers: [\"{}\"]\n{extra}", dns.addr);
+    let gw = Gateway::start_with_listener(policy, tls, &config).await;
+    (dns, echo, gw)
+}
+
+/// A fresh `certs dev` set (gateway, CA, and the `checkout` SVID) under a temporary directory
+/// named by `tag`, and an [`echo_gateway`] that serves it.
+async fn checkout_gateway(tag: &str, extra: &str) -> (PathBuf, DnsServer, Upstream, Gateway) {
+    let pki = temp_dir(tag);
+    certs_dev(&pki, &["spiffe://cluster.local/ns/payments/sa/checkout"]);
+    let tls = tls_block(
+        &pki.join("gateway.crt"),
+        &pki.join("gateway.key"),
+        &pki.join("ca.crt"),
+    );
+    let (dns, echo, gw) = echo_gateway(POLICY, &tls, extra).await;
+    (pki, dns, echo, gw)
+}
+
 #[tokio::test]
 async fn certificates_and_trust_bundles_rotate_through_symlink_swaps() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -429,21 +472,12 @@ async fn certificates_and_trust_bundles_rotate_through_symlink_swaps() {
         &one.join("gateway.key"),
         &[&one.join("ca.crt")],
     );
-    let dns = DnsServer::start().await;
-    dns.set("web.test", &["127.0.0.1"]);
-    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
-    let tls = format!(
-        "    tls:\n      cert: {}\n      key: {}\n      clientCa: {}\n",
-        secret.join("tls.crt").display(),
-        secret.join("tls.key").display(),
-        secret.join("ca.crt").display()
+    let tls = tls_block(
+        &secret.join("tls.crt"),
+        &secret.join("tls.key"),
+        &secret.join("ca.crt"),
     );
-    let gw = Gateway::start_with_listener(
-        POLICY,
-        &tls,
-        &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr),
-    )
-    .await;
+    let (_dns, echo, gw) = echo_gateway(POLICY, &tls, "").await;
     let target = format!("web.test:{}", echo.addr.port());
 
     // Generation 1: CA one only. A tunnel from CA one's workload stays open across the changes.
@@ -607,26 +641,8 @@ async fn spiffe_id_and_service_account_selectors_apply_to_mtls_callers() {
 
 #[tokio::test]
 async fn tls_handshakes_count_against_max_connections() {
-    let pki = temp_dir("pki-limit");
-    certs_dev(&pki, &["spiffe://cluster.local/ns/payments/sa/checkout"]);
-    let dns = DnsServer::start().await;
-    dns.set("web.test", &["127.0.0.1"]);
-    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
-    let tls = format!(
-        "    tls:\n      cert: {}\n      key: {}\n      clientCa: {}\n",
-        pki.join("gateway.crt").display(),
-        pki.join("gateway.key").display(),
-        pki.join("ca.crt").display()
-    );
-    let gw = Gateway::start_with_listener(
-        POLICY,
-        &tls,
-        &format!(
-            "dns:\n  nameservers: [\"{}\"]\nlimits:\n  maxConnections: 1\n",
-            dns.addr
-        ),
-    )
-    .await;
+    let (pki, _dns, echo, gw) =
+        checkout_gateway("pki-limit", "limits:\n  maxConnections: 1\n").await;
     let target = format!("web.test:{}", echo.addr.port());
     let (_held, status) = tls_connect(&gw, &pki.join("ca.crt"), &pki, "checkout", &target)
         .await
@@ -655,32 +671,12 @@ async fn tls_handshakes_count_against_max_connections() {
 #[tokio::test]
 async fn the_handshake_and_the_request_head_share_one_deadline() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let pki = temp_dir("pki-deadline");
-    certs_dev(&pki, &["spiffe://cluster.local/ns/payments/sa/checkout"]);
-    let dns = DnsServer::start().await;
-    dns.set("web.test", &["127.0.0.1"]);
-    let web = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
-    let tls = format!(
-        "    tls:\n      cert: {}\n      key: {}\n      clientCa: {}\n",
-        pki.join("gateway.crt").display(),
-        pki.join("gateway.key").display(),
-        pki.join("ca.crt").display()
-    );
-    let gw = Gateway::start_with_listener(
-        POLICY,
-        &tls,
-        &format!(
-            "dns:\n  nameservers: [\"{}\"]\nlimits:\n  headerReadTimeout: 2s\n",
-            dns.addr
-        ),
-    )
-    .await;
+    let (pki, _dns, web, gw) =
+        checkout_gateway("pki-deadline", "limits:\n  headerReadTimeout: 2s\n").await;
     let tcp = tokio::net::TcpStream::connect(gw.proxy).await.expect("tcp");
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    let connector =
-        tokio_rustls::TlsConnector::from(client_config(&[&pki.join("ca.crt")], &pki, "checkout"));
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    let config = client_config(&[&pki.join("ca.crt")], &pki, "checkout");
+    let mut tls = handshake(tcp, config).await.expect("handshake");
     // 0.8 s before the handshake and 1.5 s after it: within 2 s of the handshake's end, but past
     // 2 s from accept.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
@@ -724,24 +720,15 @@ async fn a_ca_removed_after_the_handshake_counts_for_the_request_and_for_non_svi
         &one.join("gateway.key"),
         &[&one.join("ca.crt")],
     );
-    let dns = DnsServer::start().await;
-    dns.set("web.test", &["127.0.0.1"]);
-    let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;
-    let tls = format!(
-        "    tls:\n      cert: {}\n      key: {}\n      clientCa: {}\n",
-        secret.join("tls.crt").display(),
-        secret.join("tls.key").display(),
-        secret.join("ca.crt").display()
+    let tls = tls_block(
+        &secret.join("tls.crt"),
+        &secret.join("tls.key"),
+        &secret.join("ca.crt"),
     );
     let policy = format!(
         "{POLICY}  - name: loopback-by-address\n    action: allow\n    from:\n      - cidr: 127.0.0.0/8\n    to:\n      - host: web.test\n        ports: [\"*\"]\n        allowPrivateAddresses: true\n"
     );
-    let gw = Gateway::start_with_listener(
-        &policy,
-        &tls,
-        &format!("dns:\n  nameservers: [\"{}\"]\n", dns.addr),
-    )
-    .await;
+    let (_dns, echo, gw) = echo_gateway(&policy, &tls, "").await;
     let target = format!("web.test:{}", echo.addr.port());
 
     // A live tunnel of a certificate without an identity, allowed by address.
@@ -751,10 +738,8 @@ async fn a_ca_removed_after_the_handshake_counts_for_the_request_and_for_non_svi
     assert_eq!(status, 200);
     // An SVID caller that has finished its handshake and not yet sent its request.
     let tcp = tokio::net::TcpStream::connect(gw.proxy).await.expect("tcp");
-    let connector =
-        tokio_rustls::TlsConnector::from(client_config(&[&one.join("ca.crt")], &one, "checkout"));
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut pending = connector.connect(name, tcp).await.expect("handshake");
+    let config = client_config(&[&one.join("ca.crt")], &one, "checkout");
+    let mut pending = handshake(tcp, config).await.expect("handshake");
 
     // CA one leaves the bundle.
     write_secret(
