@@ -524,15 +524,29 @@ async fn proxy<S: Caller>(
                 idle,
             };
             let (up, sent) =
-                forward_request(client, &mut upstream, &head, body, &mut stop, &ctx.metrics).await;
+                forward_request(client, &upstream, &head, body, &mut stop, &ctx.metrics).await;
             audit.bytes_up = up;
             match sent {
-                Ok(()) => {
+                Ok(sent) => {
                     let (down, close) = client
                         .relay_down_with(&mut upstream, idle, stop, &ctx.metrics.bytes_down)
                         .await;
                     audit.bytes_down = down;
                     audit.close = Some(close.as_str());
+                    if sent == Sent::AnsweredEarly {
+                        tracing::debug!(
+                            bytes_up = up,
+                            bytes_down = down,
+                            "the upstream answered before the request body ended"
+                        );
+                        if down == 0 && close == Close::Eof {
+                            // It hung up on the request without a word.
+                            audit.close = Some(Close::Error.as_str());
+                        }
+                        // What the caller still sends of its body must not reset the
+                        // connection before it has read the answer.
+                        close_discarding(client).await;
+                    }
                 }
                 Err(close) => {
                     tracing::debug!(close = close.as_str(), "forwarding the request failed");
@@ -697,19 +711,31 @@ struct BodySource {
     idle: Duration,
 }
 
+/// How sending a forwarded request ended, when nothing failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sent {
+    /// The head and the whole body.
+    Whole,
+    /// The upstream answered, or closed, before the body was whole (a `413`, a `401`): the rest
+    /// of the body is not sent, and the answer is relayed at once.
+    AnsweredEarly,
+}
+
 /// Sends a forwarded request: the rewritten head, then exactly its body. Bytes after the body
 /// are not forwarded: one request per client connection. Each read and write is a
 /// [`relay::step`]: a client that stops sending mid-body, or an upstream that stops reading, ends
-/// the connection after `upstream.idleTimeout`, and the drain ends it like any tunnel. Returns
-/// the bytes sent upstream, also when the request could not be sent whole.
+/// the connection after `upstream.idleTimeout`, and the drain ends it like any tunnel. While the
+/// body goes up, the upstream is watched: an answer before the end of the body stops it
+/// ([`Sent::AnsweredEarly`]). Returns the bytes sent upstream, also when the request could not
+/// be sent whole.
 async fn forward_request<S: AsyncRead + Unpin>(
     client: &mut S,
-    upstream: &mut TcpStream,
+    upstream: &TcpStream,
     head: &[u8],
     body: BodySource,
     stop: &mut relay::Stop,
     metrics: &ListenerMetrics,
-) -> (u64, Result<(), Close>) {
+) -> (u64, Result<Sent, Close>) {
     let idle = body.idle;
     let mut sent = 0u64;
     let result = async {
@@ -723,12 +749,26 @@ async fn forward_request<S: AsyncRead + Unpin>(
                 Close::Error
             })?;
             if take > 0 {
-                relay::send_early(upstream, &chunk[..take], idle, stop, &mut sent).await?;
+                let send = relay::send_early(upstream, &chunk[..take], idle, stop, &mut sent);
+                tokio::select! {
+                    biased;
+                    r = send => r?,
+                    () = relay::peer_spoke(upstream) => return Ok(Sent::AnsweredEarly),
+                }
             }
             if done {
-                return Ok(());
+                return Ok(Sent::Whole);
             }
-            let n = relay::step(idle, stop, client.read(&mut buf)).await?;
+            let read = async {
+                tokio::select! {
+                    biased;
+                    r = client.read(&mut buf) => r.map(Some),
+                    () = relay::peer_spoke(upstream) => Ok(None),
+                }
+            };
+            let Some(n) = relay::step(idle, stop, read).await? else {
+                return Ok(Sent::AnsweredEarly);
+            };
             if n == 0 {
                 // The body was cut short.
                 return Err(Close::Error);

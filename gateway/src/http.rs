@@ -26,8 +26,8 @@ pub enum ProxyRequest {
         body: Body,
         /// An HTTP/1.1 client with a body asked `Expect: 100-continue`: the gateway answers
         /// `100 Continue` itself once the upstream connection is up (the body is only read from
-        /// the client after that). A lone `Expect: 100-continue` is never forwarded: the
-        /// gateway meets it, or ignores it (HTTP/1.0, no body).
+        /// the client after that). `Expect` is never forwarded: the gateway meets it, or
+        /// ignores it (HTTP/1.0, no body); any other expectation is refused.
         continue_first: bool,
     },
 }
@@ -206,9 +206,7 @@ pub fn parse_request(head: &[u8]) -> Result<ProxyRequest, Reject> {
     }
     out.extend_from_slice(format!(" HTTP/1.{minor}\r\nHost: {authority}\r\n").as_bytes());
     for h in req.headers.iter() {
-        if fields.is_hop_by_hop(h.name)
-            || (fields.expect_continue && h.name.eq_ignore_ascii_case("expect"))
-        {
+        if fields.is_hop_by_hop(h.name) || h.name.eq_ignore_ascii_case("expect") {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -245,7 +243,6 @@ impl<'a> Fields<'a> {
             connection_tokens: Vec::new(),
             expect_continue: false,
         };
-        let mut expects = 0;
         let mut saw_te = false;
         for h in headers {
             let value = std::str::from_utf8(h.value)
@@ -274,9 +271,15 @@ impl<'a> Fields<'a> {
                 saw_te = true;
                 f.chunked = true;
             } else if h.name.eq_ignore_ascii_case("expect") {
-                expects += 1;
-                f.expect_continue =
-                    expects == 1 && value.trim().eq_ignore_ascii_case("100-continue");
+                // The gateway meets `100-continue` itself; it cannot vouch for any other
+                // expectation, and an upstream's interim answer to one would be taken for its
+                // answer to the request.
+                if f.expect_continue || !value.trim().eq_ignore_ascii_case("100-continue") {
+                    return Err(bad(
+                        "unsupported Expect: only a single '100-continue' is accepted",
+                    ));
+                }
+                f.expect_continue = true;
             } else if h.name.eq_ignore_ascii_case("connection") {
                 f.connection_tokens.extend(
                     value
@@ -715,9 +718,9 @@ mod tests {
         assert_eq!(ChunkedScanner::default().feed(ok), Ok(Some(ok.len())));
     }
 
-    /// `Expect: 100-continue` with a body, from an HTTP/1.1 client, is the gateway's to answer:
-    /// it is not forwarded. Without a body, from HTTP/1.0, or next to another expectation, it is
-    /// left alone.
+    /// `Expect: 100-continue` with a body, from an HTTP/1.1 client, is the gateway's to answer;
+    /// without a body or from HTTP/1.0 it is ignored. It is never forwarded, and any other
+    /// expectation is refused.
     #[test]
     fn expect_100_continue_is_answered_by_the_gateway_only_where_it_applies() {
         let forward = |head: &str| match parse_request(head.as_bytes()).expect("valid") {
@@ -738,17 +741,31 @@ mod tests {
         );
         assert!(first);
         for (request, why) in [
-            ("GET http://a.com/ HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", "no body"),
-            ("POST http://a.com/ HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n", "HTTP/1.0"),
-            ("POST http://a.com/ HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\nExpect: x\r\n\r\n", "two"),
+            (
+                "GET http://a.com/ HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+                "no body",
+            ),
+            (
+                "POST http://a.com/ HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+                "HTTP/1.0",
+            ),
         ] {
-            let (_, first) = forward(request);
+            let (head, first) = forward(request);
             assert!(!first, "{why}");
+            assert!(
+                !head.to_ascii_lowercase().contains("expect"),
+                "{why}: {head}"
+            );
         }
-        let (head, _) = forward(
+        for request in [
+            "POST http://a.com/ HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
             "POST http://a.com/ HTTP/1.1\r\nContent-Length: 5\r\nExpect: something\r\n\r\n",
-        );
-        assert!(head.contains("\r\nExpect: something\r\n"), "{head}");
+            "CONNECT a.com:443 HTTP/1.1\r\nExpect: 100-continue, x\r\n\r\n",
+        ] {
+            let reject = parse_request(request.as_bytes()).expect_err(request);
+            assert_eq!(reject.reason, Reason::BadRequest, "{request}");
+            assert!(reject.details.contains("Expect"), "{}", reject.details);
+        }
     }
 
     /// `Connection: content-length` must not strip the body's length: the upstream would read

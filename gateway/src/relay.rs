@@ -412,6 +412,24 @@ pub async fn send_early(
     step(idle, stop, rest).await
 }
 
+/// Resolves once the peer of `src` has sent a byte, finished or reset (an upstream that answers
+/// a request before it has been sent whole), without reading anything.
+pub async fn peer_spoke(src: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    loop {
+        if src.readable().await.is_err() {
+            return;
+        }
+        let peeked = src.try_io(Interest::READABLE, || {
+            crate::sys::peek_byte(src.as_raw_fd())
+        });
+        match peeked {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
+    }
+}
+
 /// One direction: `src` to `dst` until `src` sends EOF, then half-close `dst`.
 ///
 /// `one_done` is shared with the opposite direction. The first direction to finish half-closes

@@ -22,6 +22,8 @@ pub enum Behaviour {
     Http,
     /// Record everything that arrives until 300 ms of silence, then answer `200` `ok` and close.
     HttpSlurp,
+    /// Record everything that arrives, answer nothing, until the client closes.
+    Sink,
 }
 
 pub struct Upstream {
@@ -125,6 +127,14 @@ async fn serve(mut conn: TcpStream, behaviour: Behaviour, received: Arc<Mutex<Ve
             if conn.write_all(b"hello").await.is_err() || conn.shutdown().await.is_err() {
                 return;
             }
+            while let Ok(n) = conn.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                received.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        }
+        Behaviour::Sink => {
             while let Ok(n) = conn.read(&mut buf).await {
                 if n == 0 {
                     return;

@@ -196,8 +196,8 @@ async fn tunnels_still_open_when_the_drain_period_ends_are_closed() {
 #[tokio::test]
 async fn a_request_body_still_arriving_when_the_drain_period_ends_is_closed() {
     let (_dns, _echo, mut gw) = setup("shutdown:\n  drainTimeout: 300ms\n").await;
-    // It records what it receives.
-    let slurp = Upstream::start("127.0.0.1:0", Behaviour::HttpSlurp).await;
+    // It records what it receives and never answers.
+    let slurp = Upstream::start("127.0.0.1:0", Behaviour::Sink).await;
     let port = slurp.addr.port();
     let mut s = egress_tests::client::connect_from("127.0.0.2", gw.proxy).await;
     let head = format!(

@@ -377,7 +377,8 @@ async fn a_stalled_request_body_ends_at_the_idle_timeout() {
         &format!("{}upstream:\n  idleTimeout: 1s\n", config(&dns)),
     )
     .await;
-    let http = Upstream::start("127.0.0.1:0", Behaviour::HttpSlurp).await;
+    // It waits for the whole body, as most servers do: it answers nothing.
+    let http = Upstream::start("127.0.0.1:0", Behaviour::Sink).await;
     let port = http.addr.port();
     let mut s = client::connect_from("127.0.0.5", gw.proxy).await;
     let head = format!("POST http://stall.tunnel.test:{port}/up HTTP/1.1\r\nHost: stall.tunnel.test\r\nContent-Length: 10\r\n\r\nabc");
@@ -429,5 +430,72 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     assert_eq!(
         seen,
         format!("PUT /up HTTP/1.1\r\nHost: expect.tunnel.test:{port}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+    );
+}
+
+/// An upstream that answers before the request body is whole (here `413`, then it stops
+/// reading) gets no more of the body, and the caller, still sending, gets the answer at once
+/// rather than after the body or the idle timeout.
+#[tokio::test]
+async fn an_answer_before_the_end_of_the_body_reaches_the_caller_at_once() {
+    const BODY: usize = 64 << 20;
+    let dns = DnsServer::start().await;
+    dns.set("early.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = upstream.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        let (mut conn, _) = upstream.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = conn
+            .write_all(
+                b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+        let _ = conn.shutdown().await;
+        // It reads no more: a gateway that keeps sending the body stalls on a full window.
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    });
+    let s = client::connect_from("127.0.0.5", gw.proxy).await;
+    let (mut rx, mut tx) = s.into_split();
+    let head = format!("PUT http://early.tunnel.test:{port}/up HTTP/1.1\r\nHost: early.tunnel.test\r\nContent-Length: {BODY}\r\n\r\n");
+    tx.write_all(head.as_bytes()).await.expect("head");
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..BODY / chunk.len() {
+            if tx.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The caller reads only later, as one busy sending would: the answer must still be there.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(egress_tests::DEADLINE, rx.read_to_end(&mut reply)).await;
+    sender.abort();
+    assert!(
+        matches!(read, Ok(Ok(_))) && reply.starts_with(b"HTTP/1.1 413 Content Too Large\r\n"),
+        "{read:?}: {}",
+        String::from_utf8_lossy(&reply)
+    );
+    let line = gw
+        .wait_audit("the early answer's line", |v| {
+            v["host"] == "early.tunnel.test"
+        })
+        .await;
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["close"], "eof");
+    assert!(
+        line["bytes_up"].as_u64().is_some_and(|up| up < BODY as u64),
+        "{line}"
     );
 }
