@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -505,9 +505,8 @@ async fn proxy<S: Caller>(
             continue_first,
             ..
         } => {
-            // The client waits for this before it sends the body; the upstream, which never
-            // saw the expectation, will not send it, and its answer is relayed only after the
-            // body anyway.
+            // The client waits for this before it sends the body; the upstream never saw the
+            // expectation.
             if continue_first {
                 let interim = async {
                     client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
@@ -518,39 +517,42 @@ async fn proxy<S: Caller>(
                     return Ok(allowed);
                 }
             }
-            let body = BodySource {
-                framing: body,
-                leftover,
-                idle,
-            };
-            let (up, sent) =
-                forward_request(client, &upstream, &head, body, &mut stop, &ctx.metrics).await;
-            audit.bytes_up = up;
-            match sent {
-                Ok(sent) => {
-                    let (down, close) = client
-                        .relay_down_with(&mut upstream, idle, stop, &ctx.metrics.bytes_down)
-                        .await;
-                    audit.bytes_down = down;
-                    audit.close = Some(close.as_str());
-                    if sent == Sent::AnsweredEarly {
-                        tracing::debug!(
-                            bytes_up = up,
-                            bytes_down = down,
-                            "the upstream answered before the request body ended"
-                        );
-                        if down == 0 && close == Close::Eof {
-                            // It hung up on the request without a word.
-                            audit.close = Some(Close::Error.as_str());
-                        }
-                        // What the caller still sends of its body must not reset the
-                        // connection before it has read the answer.
-                        close_discarding(client).await;
+            if body == Body::Length(0) {
+                // No body: the head, then the answer, spliced for a plain caller.
+                let mut up = 0;
+                let sent = relay::send_early(&upstream, &head, idle, &mut stop, &mut up).await;
+                ctx.metrics.bytes_up.inc_by(up);
+                audit.bytes_up = up;
+                let close = match sent {
+                    Ok(()) => {
+                        let (down, close) = client
+                            .relay_down_with(&mut upstream, idle, stop, &ctx.metrics.bytes_down)
+                            .await;
+                        audit.bytes_down = down;
+                        close
                     }
-                }
-                Err(close) => {
-                    tracing::debug!(close = close.as_str(), "forwarding the request failed");
-                    audit.close = Some(close.as_str());
+                    Err(close) => close,
+                };
+                audit.close = Some(close.as_str());
+            } else {
+                let body = BodySource {
+                    framing: body,
+                    leftover,
+                    idle,
+                };
+                let done = exchange(client, &mut upstream, &head, body, stop, &ctx.metrics).await;
+                audit.bytes_up = done.up;
+                audit.bytes_down = done.down;
+                audit.close = Some(done.close.as_str());
+                if done.cut_short {
+                    tracing::debug!(
+                        bytes_up = done.up,
+                        bytes_down = done.down,
+                        "the upstream finished, or stopped taking the body, before the request body ended"
+                    );
+                    // What the caller still sends of its body must not reset the connection
+                    // before it has read the answer.
+                    close_discarding(client).await;
                 }
             }
         }
@@ -707,78 +709,121 @@ impl BodyFraming {
 struct BodySource {
     framing: Body,
     leftover: Vec<u8>,
-    /// `upstream.idleTimeout`: the longest any one read or write of the body may wait.
+    /// `upstream.idleTimeout`: the longest the exchange may go without a byte moving either way.
     idle: Duration,
 }
 
-/// How sending a forwarded request ended, when nothing failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sent {
-    /// The head and the whole body.
-    Whole,
-    /// The upstream answered, or closed, before the body was whole (a `413`, a `401`): the rest
-    /// of the body is not sent, and the answer is relayed at once.
-    AnsweredEarly,
+/// Why a forwarded request's body stopped before its end.
+enum Upload {
+    /// The caller's body was cut short, badly framed or unreadable: the request cannot stand.
+    Client,
+    /// The upstream stopped taking it (a reset, usually after an early answer).
+    Upstream,
 }
 
-/// Sends a forwarded request: the rewritten head, then exactly its body. Bytes after the body
-/// are not forwarded: one request per client connection. Each read and write is a
-/// [`relay::step`]: a client that stops sending mid-body, or an upstream that stops reading, ends
-/// the connection after `upstream.idleTimeout`, and the drain ends it like any tunnel. While the
-/// body goes up, the upstream is watched: an answer before the end of the body stops it
-/// ([`Sent::AnsweredEarly`]). Returns the bytes sent upstream, also when the request could not
-/// be sent whole.
-async fn forward_request<S: AsyncRead + Unpin>(
+/// What a forwarded request with a body moved, and how it ended.
+struct Exchanged {
+    up: u64,
+    down: u64,
+    close: Close,
+    /// The upstream finished, or stopped taking the body, before the body's end: the caller may
+    /// still be sending it.
+    cut_short: bool,
+}
+
+/// Sends a forwarded request (the rewritten head, then exactly its body) while the upstream's
+/// answer is relayed to the caller, both at once: an upstream may answer before the body ends
+/// (a `413`, a `401`; an interim `103`), and its answer must not wait behind the body. The body
+/// goes on after an interim answer; it stops when the upstream has finished its answer, or
+/// stops taking the body, and what the upstream said is still relayed. Bytes after the body are
+/// not forwarded: one request per client connection. The exchange ends once the answer has been
+/// relayed to the upstream's end, when no byte has moved either way for `upstream.idleTimeout`,
+/// or at `stop` (drain, trust revoked).
+async fn exchange<S: Caller>(
     client: &mut S,
-    upstream: &TcpStream,
+    upstream: &mut TcpStream,
     head: &[u8],
     body: BodySource,
-    stop: &mut relay::Stop,
+    stop: relay::Stop,
     metrics: &ListenerMetrics,
-) -> (u64, Result<Sent, Close>) {
-    let idle = body.idle;
-    let mut sent = 0u64;
-    let result = async {
-        relay::send_early(upstream, head, idle, stop, &mut sent).await?;
+) -> Exchanged {
+    let last = relay::Activity::now();
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_upstream, to_upstream) = upstream.split();
+    let to_upstream: &TcpStream = to_upstream.as_ref();
+    let upload = async {
+        relay::put(to_upstream, head, &up, &last)
+            .await
+            .map_err(|_| Upload::Upstream)?;
         let mut framing = BodyFraming::new(body.framing);
         let mut buf = vec![0u8; 16 * 1024];
         let mut chunk: &[u8] = &body.leftover;
         loop {
             let (take, done) = framing.take(chunk).map_err(|e| {
                 tracing::debug!(error = %e, "the request body's framing is invalid");
-                Close::Error
+                Upload::Client
             })?;
             if take > 0 {
-                let send = relay::send_early(upstream, &chunk[..take], idle, stop, &mut sent);
-                tokio::select! {
-                    biased;
-                    r = send => r?,
-                    () = relay::peer_spoke(upstream) => return Ok(Sent::AnsweredEarly),
-                }
+                relay::put(to_upstream, &chunk[..take], &up, &last)
+                    .await
+                    .map_err(|_| Upload::Upstream)?;
             }
             if done {
-                return Ok(Sent::Whole);
+                return Ok(());
             }
-            let read = async {
-                tokio::select! {
-                    biased;
-                    r = client.read(&mut buf) => r.map(Some),
-                    () = relay::peer_spoke(upstream) => Ok(None),
-                }
-            };
-            let Some(n) = relay::step(idle, stop, read).await? else {
-                return Ok(Sent::AnsweredEarly);
-            };
+            let n = from_client
+                .read(&mut buf)
+                .await
+                .map_err(|_| Upload::Client)?;
             if n == 0 {
                 // The body was cut short.
-                return Err(Close::Error);
+                return Err(Upload::Client);
             }
+            last.touch();
             chunk = &buf[..n];
         }
+    };
+    let answer = relay::copy_stream(
+        &mut from_upstream,
+        &mut to_client,
+        &down,
+        &metrics.bytes_down,
+        &last,
+    );
+    // Whether the answer was relayed to its end, and whether the body was cut short.
+    let both = async {
+        tokio::pin!(answer);
+        let uploaded = tokio::select! {
+            biased;
+            u = upload => u,
+            a = &mut answer => return (a.is_ok(), true),
+        };
+        match uploaded {
+            Ok(()) => (answer.await.is_ok(), false),
+            Err(Upload::Upstream) => (answer.await.is_ok(), true),
+            Err(Upload::Client) => (false, false),
+        }
+    };
+    let (close, cut_short) = tokio::select! {
+        (ok, cut_short) = both => (if ok { Close::Eof } else { Close::Error }, cut_short),
+        () = last.idle_for(body.idle) => (Close::IdleTimeout, false),
+        c = stop => (c, false),
+    };
+    let (up, down) = (up.into_inner(), down.into_inner());
+    metrics.bytes_up.inc_by(up);
+    // An upstream that hung up on the request without a word failed it.
+    let close = if cut_short && down == 0 && close == Close::Eof {
+        Close::Error
+    } else {
+        close
+    };
+    Exchanged {
+        up,
+        down,
+        close,
+        cut_short,
     }
-    .await;
-    metrics.bytes_up.inc_by(sent);
-    (sent, result)
 }
 
 #[cfg(test)]

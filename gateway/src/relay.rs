@@ -214,7 +214,7 @@ async fn relay_streams_down<S: AsyncRead + AsyncWrite + Unpin + Send>(
 
 /// One direction between streams, through a buffer; at EOF the writer is shut down (for TLS:
 /// `close_notify`, then the socket's half-close).
-async fn copy_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+pub async fn copy_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     src: &mut R,
     dst: &mut W,
     total: &AtomicU64,
@@ -290,19 +290,19 @@ pub async fn relay_down(
 
 /// When a tunnel last moved bytes, in milliseconds of the coarse monotonic clock: read at every
 /// relayed chunk, so it must be cheap, and an idle timeout needs no finer grain than its tick.
-struct Activity(AtomicU64);
+pub struct Activity(AtomicU64);
 
 impl Activity {
-    fn now() -> Self {
+    pub fn now() -> Self {
         Activity(AtomicU64::new(crate::sys::coarse_millis()))
     }
 
-    fn touch(&self) {
+    pub fn touch(&self) {
         self.0.store(crate::sys::coarse_millis(), Ordering::Relaxed);
     }
 
     /// Returns once no bytes have moved for `idle`.
-    async fn idle_for(&self, idle: Duration) {
+    pub async fn idle_for(&self, idle: Duration) {
         let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         loop {
             let due = self.0.load(Ordering::Relaxed).saturating_add(idle_ms);
@@ -412,22 +412,26 @@ pub async fn send_early(
     step(idle, stop, rest).await
 }
 
-/// Resolves once the peer of `src` has sent a byte, finished or reset (an upstream that answers
-/// a request before it has been sent whole), without reading anything.
-pub async fn peer_spoke(src: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    loop {
-        if src.readable().await.is_err() {
-            return;
-        }
-        let peeked = src.try_io(Interest::READABLE, || {
-            crate::sys::peek_byte(src.as_raw_fd())
-        });
-        match peeked {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            _ => return,
+/// Writes all of `data` to `dst`, adding each write to `total` and marking `last`: a write the
+/// socket takes at once costs one system call and no wait.
+pub async fn put(
+    dst: &TcpStream,
+    mut data: &[u8],
+    total: &AtomicU64,
+    last: &Activity,
+) -> io::Result<()> {
+    while !data.is_empty() {
+        match dst.try_write(data) {
+            Ok(n) => {
+                total.fetch_add(n as u64, Ordering::Relaxed);
+                last.touch();
+                data = &data[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
 /// One direction: `src` to `dst` until `src` sends EOF, then half-close `dst`.

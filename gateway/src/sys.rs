@@ -1,6 +1,6 @@
 //! The few system calls no safe crate offers here: `splice(2)` through a pipe, for
-//! zero-copy relaying of bulk data, `shutdown(2)` on a shared socket reference, a peek that
-//! takes no byte, and the coarse monotonic clock.
+//! zero-copy relaying of bulk data, `shutdown(2)` on a shared socket reference, and the coarse
+//! monotonic clock.
 //!
 //! Every `unsafe` block is a plain syscall on file descriptors this module owns or borrows for
 //! the duration of the call, or a read of a clock into a local value.
@@ -22,22 +22,6 @@ pub fn coarse_millis() -> u64 {
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
     let millis = u64::try_from(ts.tv_nsec).unwrap_or(0) / 1_000_000;
     secs.saturating_mul(1000).saturating_add(millis)
-}
-
-/// Whether the socket `fd` has a byte to read or its peer has finished (`Ok`, with 1 or 0),
-/// without taking the byte; `WouldBlock` if neither, the peer's reset as its error.
-pub fn peek_byte(fd: RawFd) -> io::Result<usize> {
-    let mut byte = 0u8;
-    // SAFETY: recv into one byte of a live local; MSG_PEEK leaves the byte in the socket.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Pipe capacity for spliced tunnels (the kernel default is 64 KiB).

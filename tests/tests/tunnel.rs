@@ -433,69 +433,142 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     );
 }
 
-/// An upstream that answers before the request body is whole (here `413`, then it stops
-/// reading) gets no more of the body, and the caller, still sending, gets the answer at once
-/// rather than after the body or the idle timeout.
+/// An upstream that answers before the request body is whole (here `413`) gets no more of the
+/// body, and the caller, still sending, gets the answer at once rather than after the body or
+/// the idle timeout: whether the upstream then stops reading and holds the connection, or
+/// closes it at once (its unread bytes make the kernel send a reset to the gateway).
 #[tokio::test]
 async fn an_answer_before_the_end_of_the_body_reaches_the_caller_at_once() {
     const BODY: usize = 64 << 20;
     let dns = DnsServer::start().await;
     dns.set("early.tunnel.test", &["127.0.0.1"]);
     let gw = Gateway::start(&policy(1), &config(&dns)).await;
+    for (n, holds) in [(0, true), (1, false)] {
+        let host = format!("early{n}.tunnel.test");
+        dns.set(&host, &["127.0.0.1"]);
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = upstream.local_addr().expect("address").port();
+        tokio::spawn(async move {
+            let (mut conn, _) = upstream.accept().await.expect("accept");
+            read_head(&mut conn).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+            if holds {
+                let _ = conn.shutdown().await;
+                // It reads no more: a gateway that keeps sending the body stalls on a full
+                // window.
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+        });
+        let s = client::connect_from("127.0.0.5", gw.proxy).await;
+        let (mut rx, mut tx) = s.into_split();
+        let head = format!("PUT http://{host}:{port}/up HTTP/1.1\r\nHost: {host}\r\nContent-Length: {BODY}\r\n\r\n");
+        tx.write_all(head.as_bytes()).await.expect("head");
+        let sender = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..BODY / chunk.len() {
+                if tx.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // The caller reads only later, as one busy sending would: the answer must still be there.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(egress_tests::DEADLINE, rx.read_to_end(&mut reply)).await;
+        sender.abort();
+        assert!(
+            matches!(read, Ok(Ok(_))) && reply.starts_with(b"HTTP/1.1 413 Content Too Large\r\n"),
+            "holds {holds}: {read:?}: {}",
+            String::from_utf8_lossy(&reply)
+        );
+        let line = gw
+            .wait_audit("the early answer's line", |v| v["host"] == host.as_str())
+            .await;
+        assert_eq!(line["decision"], "allow");
+        assert!(
+            line["bytes_up"].as_u64().is_some_and(|up| up < BODY as u64),
+            "{line}"
+        );
+        assert_eq!(line["bytes_down"], 72, "{line}");
+        if holds {
+            assert_eq!(line["close"], "eof");
+        }
+    }
+}
+
+/// Reads one request head from `conn` (and whatever came with it).
+async fn read_head(conn: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    head
+}
+
+/// An interim answer (`103 Early Hints`) sent while the body is still coming reaches the caller
+/// at once, and the body goes on: the caller here sends its body only after it has seen the
+/// interim answer, then gets the final one, and the upstream has the whole body.
+#[tokio::test]
+async fn an_interim_answer_during_the_body_is_relayed_and_the_body_goes_on() {
+    let dns = DnsServer::start().await;
+    dns.set("hints.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = upstream.local_addr().expect("address").port();
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         let (mut conn, _) = upstream.accept().await.expect("accept");
-        let mut head = Vec::new();
+        let mut got = read_head(&mut conn).await;
+        conn.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            .await
+            .expect("interim");
         let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
+        while !got.ends_with(b"0123456789") {
+            match tokio::time::timeout(egress_tests::DEADLINE, conn.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
             }
         }
-        let _ = conn
-            .write_all(
-                b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            )
-            .await;
-        let _ = conn.shutdown().await;
-        // It reads no more: a gateway that keeps sending the body stalls on a full window.
-        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        conn.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("final");
+        got
     });
-    let s = client::connect_from("127.0.0.5", gw.proxy).await;
-    let (mut rx, mut tx) = s.into_split();
-    let head = format!("PUT http://early.tunnel.test:{port}/up HTTP/1.1\r\nHost: early.tunnel.test\r\nContent-Length: {BODY}\r\n\r\n");
-    tx.write_all(head.as_bytes()).await.expect("head");
-    let sender = tokio::spawn(async move {
-        let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..BODY / chunk.len() {
-            if tx.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    });
-    // The caller reads only later, as one busy sending would: the answer must still be there.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let mut reply = Vec::new();
-    let read = tokio::time::timeout(egress_tests::DEADLINE, rx.read_to_end(&mut reply)).await;
-    sender.abort();
+    let mut s = client::connect_from("127.0.0.5", gw.proxy).await;
+    let head = format!("POST http://hints.tunnel.test:{port}/up HTTP/1.1\r\nHost: hints.tunnel.test\r\nContent-Length: 10\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("head");
+    let interim = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n";
+    let mut got = vec![0u8; interim.len()];
+    tokio::time::timeout(egress_tests::DEADLINE, s.read_exact(&mut got))
+        .await
+        .expect("the interim answer before the body")
+        .expect("read");
+    assert_eq!(got, interim);
+    s.write_all(b"0123456789").await.expect("body");
+    let reply = read_to_end(&mut s).await;
     assert!(
-        matches!(read, Ok(Ok(_))) && reply.starts_with(b"HTTP/1.1 413 Content Too Large\r\n"),
-        "{read:?}: {}",
+        reply.starts_with(b"HTTP/1.1 201 Created\r\n"),
+        "{}",
         String::from_utf8_lossy(&reply)
     );
-    let line = gw
-        .wait_audit("the early answer's line", |v| {
-            v["host"] == "early.tunnel.test"
-        })
-        .await;
-    assert_eq!(line["decision"], "allow");
-    assert_eq!(line["close"], "eof");
+    let seen = server.await.expect("server");
     assert!(
-        line["bytes_up"].as_u64().is_some_and(|up| up < BODY as u64),
-        "{line}"
+        seen.ends_with(b"\r\n\r\n0123456789"),
+        "{}",
+        String::from_utf8_lossy(&seen)
     );
+    let line = gw
+        .wait_audit("the line", |v| v["host"] == "hints.tunnel.test")
+        .await;
+    assert_eq!(line["close"], "eof");
+    assert_eq!(line["bytes_up"], seen.len());
 }
