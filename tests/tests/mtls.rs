@@ -794,3 +794,35 @@ async fn a_ca_removed_after_the_handshake_counts_for_the_request_and_for_non_svi
     assert_eq!(line["identity_source"], "none");
     assert_eq!(line["rule"], "loopback-by-address");
 }
+
+/// A forwarded request with a body from an mTLS caller: the body is decrypted and sent up while
+/// the answer comes down through the same TLS session.
+#[tokio::test]
+async fn an_mtls_caller_forwards_a_request_with_a_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (pki, _dns, _echo, gw) = checkout_gateway("pki-body", "").await;
+    let slurp = Upstream::start("127.0.0.1:0", Behaviour::HttpSlurp).await;
+    let port = slurp.addr.port();
+    let tcp = tokio::net::TcpStream::connect(gw.proxy).await.expect("tcp");
+    let config = client_config(&[&pki.join("ca.crt")], &pki, "checkout");
+    let mut tls = handshake(tcp, config).await.expect("handshake");
+    let request = format!("POST http://web.test:{port}/in HTTP/1.1\r\nHost: web.test\r\nContent-Length: 5\r\n\r\nhello");
+    tls.write_all(request.as_bytes()).await.expect("request");
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(egress_tests::DEADLINE, tls.read_to_end(&mut reply)).await;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(
+        String::from_utf8(slurp.received()).expect("ascii"),
+        format!("POST /in HTTP/1.1\r\nHost: web.test:{port}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+    );
+    let line = gw
+        .wait_audit("the body's line", |v| {
+            v["close"] == "eof" && v["bytes_down"].as_u64() > Some(0)
+        })
+        .await;
+    assert_eq!(line["identity_source"], "mtls");
+}
