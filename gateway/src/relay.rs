@@ -355,7 +355,7 @@ pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs one step of an allowed connection that comes before its relay (a request body, tunnel
+/// Runs one step of an allowed connection that comes before its relay (a `100 Continue`, tunnel
 /// data the caller sent early, a peeked ClientHello replayed) under the relay's rules: the step
 /// ends after `idle` without completing, or when `stop` says the connection must end.
 pub async fn step<T>(
