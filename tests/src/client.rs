@@ -87,8 +87,8 @@ pub async fn connect(source: &str, proxy: SocketAddr, target: &str) -> (TcpStrea
     (s, r)
 }
 
-/// Reads until EOF (bounded by the deadline).
-pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+/// Reads until EOF (bounded by the deadline), from a socket or a TLS stream.
+pub async fn read_to_end<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
     let mut out = Vec::new();
     tokio::time::timeout(crate::DEADLINE, stream.read_to_end(&mut out))
         .await

@@ -799,7 +799,7 @@ async fn a_ca_removed_after_the_handshake_counts_for_the_request_and_for_non_svi
 /// the answer comes down through the same TLS session.
 #[tokio::test]
 async fn an_mtls_caller_forwards_a_request_with_a_body() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let (pki, _dns, _echo, gw) = checkout_gateway("pki-body", "").await;
     let slurp = Upstream::start("127.0.0.1:0", Behaviour::HttpSlurp).await;
     let port = slurp.addr.port();
@@ -808,8 +808,7 @@ async fn an_mtls_caller_forwards_a_request_with_a_body() {
     let mut tls = handshake(tcp, config).await.expect("handshake");
     let request = format!("POST http://web.test:{port}/in HTTP/1.1\r\nHost: web.test\r\nContent-Length: 5\r\n\r\nhello");
     tls.write_all(request.as_bytes()).await.expect("request");
-    let mut reply = Vec::new();
-    let _ = tokio::time::timeout(egress_tests::DEADLINE, tls.read_to_end(&mut reply)).await;
+    let reply = egress_tests::client::read_to_end(&mut tls).await;
     assert!(
         reply.starts_with(b"HTTP/1.1 200 OK"),
         "{}",

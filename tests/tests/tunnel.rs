@@ -412,13 +412,12 @@ async fn expect_100_continue_is_answered_before_the_body_is_sent() {
     let mut s = client::connect_from("127.0.0.5", gw.proxy).await;
     let head = format!("PUT http://expect.tunnel.test:{port}/up HTTP/1.1\r\nHost: expect.tunnel.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
     s.write_all(head.as_bytes()).await.expect("head");
-    let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
-    let mut got = vec![0u8; interim.len()];
-    tokio::time::timeout(egress_tests::DEADLINE, s.read_exact(&mut got))
-        .await
-        .expect("100 Continue before the body")
-        .expect("read");
-    assert_eq!(got, interim);
+    read_exactly(
+        &mut s,
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        "100 Continue before the body",
+    )
+    .await;
     s.write_all(b"hello").await.expect("body");
     let reply = read_to_end(&mut s).await;
     assert!(
@@ -500,6 +499,16 @@ async fn an_answer_before_the_end_of_the_body_reaches_the_caller_at_once() {
     }
 }
 
+/// Reads as many bytes as `expected` has, within the deadline, and checks they are those.
+async fn read_exactly(s: &mut tokio::net::TcpStream, expected: &[u8], what: &str) {
+    let mut got = vec![0u8; expected.len()];
+    tokio::time::timeout(egress_tests::DEADLINE, s.read_exact(&mut got))
+        .await
+        .expect(what)
+        .expect("read");
+    assert_eq!(got, expected, "{what}");
+}
+
 /// Reads one request head from `conn` (and whatever came with it).
 async fn read_head(conn: &mut tokio::net::TcpStream) -> Vec<u8> {
     let mut head = Vec::new();
@@ -547,12 +556,7 @@ async fn an_interim_answer_during_the_body_is_relayed_and_the_body_goes_on() {
     let head = format!("POST http://hints.tunnel.test:{port}/up HTTP/1.1\r\nHost: hints.tunnel.test\r\nContent-Length: 10\r\n\r\n");
     s.write_all(head.as_bytes()).await.expect("head");
     let interim = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n";
-    let mut got = vec![0u8; interim.len()];
-    tokio::time::timeout(egress_tests::DEADLINE, s.read_exact(&mut got))
-        .await
-        .expect("the interim answer before the body")
-        .expect("read");
-    assert_eq!(got, interim);
+    read_exactly(&mut s, interim, "the interim answer before the body").await;
     s.write_all(b"0123456789").await.expect("body");
     let reply = read_to_end(&mut s).await;
     assert!(
