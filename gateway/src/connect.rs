@@ -378,8 +378,9 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S, reject: &Reje
 /// Shuts our side down, then reads and drops what the client still sends for a short while (so
 /// an answer already written is not lost to a reset), never parsing it.
 pub(crate) async fn close_discarding<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) {
-    let _ = client.shutdown().await;
     let deadline = Instant::now() + http::LINGER;
+    // Bounded too: a TLS shutdown writes `close_notify`, and waits if the caller's window is shut.
+    let _ = tokio::time::timeout_at(deadline, client.shutdown()).await;
     // On the heap: only refused connections get here, and a buffer inside this future would
     // make every connection's task larger.
     let mut sink = vec![0u8; 4096];
@@ -534,6 +535,7 @@ async fn proxy<S: Caller>(
                     Err(close) => close,
                 };
                 audit.close = Some(close.as_str());
+                end_forwarded(client, close, false).await;
             } else {
                 let body = BodySource {
                     framing: body,
@@ -550,14 +552,42 @@ async fn proxy<S: Caller>(
                         bytes_down = done.down,
                         "the upstream finished, or stopped taking the body, before the request body ended"
                     );
-                    // What the caller still sends of its body must not reset the connection
-                    // before it has read the answer.
-                    close_discarding(client).await;
                 }
+                end_forwarded(client, done.close, done.cut_short).await;
             }
         }
     }
     Ok(allowed)
+}
+
+/// Ends a forwarded request's connection once its answer has been relayed (or has failed).
+///
+/// - The answer failed after the whole request went up (the upstream reset, usually): the caller
+///   is reset once what was relayed has been delivered, never closed with a FIN or a
+///   `close_notify`, so a caller whose answer ends at the close sees it cut, not complete.
+/// - The upstream stopped taking the body (`cut_short`), or the caller sent more than its
+///   request (pipelined bytes, a stray CRLF): closing a socket with unread bytes resets it at
+///   once and drops what the caller has not yet received, so our side is shut down and what the
+///   caller still sends is read and dropped for a while first.
+async fn end_forwarded<S: Caller>(client: &mut S, close: Close, cut_short: bool) {
+    let fd = client.socket().as_raw_fd();
+    if close == Close::Error && !cut_short {
+        reset_when_delivered(client.socket()).await;
+    } else if cut_short || crate::sys::unread(fd).is_ok_and(|n| n > 0) {
+        close_discarding(client).await;
+    }
+}
+
+/// Resets the connection as soon as the peer has acknowledged everything written to it, or after
+/// `http::LINGER`: the bytes already sent are delivered, and the end reads as a reset.
+async fn reset_when_delivered(socket: &TcpStream) {
+    let deadline = Instant::now() + http::LINGER;
+    let fd = socket.as_raw_fd();
+    while crate::sys::unacknowledged(fd).is_ok_and(|n| n > 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The close that follows, when the connection's task ends, sends the reset.
+    let _ = socket.set_zero_linger();
 }
 
 /// Counts how a connection ended; a rejection also goes into its audit line.

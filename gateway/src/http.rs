@@ -384,13 +384,30 @@ pub struct ChunkedScanner {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
-    Size { value: u64, digits: u32, ext: bool },
-    SizeLf { value: u64 },
-    Data { left: u64 },
+    Size {
+        value: u64,
+        digits: u32,
+        ext: bool,
+    },
+    /// Whitespace after the size: only more of it, a `;` (an extension) or the line end may
+    /// follow. `5 5` would be 5 here and 0x55 to a parser that skips the space.
+    SizeWs {
+        value: u64,
+    },
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        left: u64,
+    },
     DataCr,
     DataLf,
-    Trailer { empty_line: bool },
-    TrailerLf { empty_line: bool },
+    Trailer {
+        empty_line: bool,
+    },
+    TrailerLf {
+        empty_line: bool,
+    },
     Done,
 }
 
@@ -436,11 +453,12 @@ impl ChunkedScanner {
                             return Err("control byte in a chunk extension")
                         }
                         _ if ext => ChunkState::Size { value, digits, ext },
-                        b';' | b' ' | b'\t' if digits > 0 => ChunkState::Size {
+                        b';' if digits > 0 => ChunkState::Size {
                             value,
                             digits,
                             ext: true,
                         },
+                        b' ' | b'\t' if digits > 0 => ChunkState::SizeWs { value },
                         _ => {
                             let d = (b as char).to_digit(16).ok_or("invalid chunk size")?;
                             if digits >= 15 {
@@ -451,6 +469,26 @@ impl ChunkedScanner {
                                 digits: digits + 1,
                                 ext,
                             }
+                        }
+                    }
+                }
+                ChunkState::SizeWs { value } => {
+                    self.line_len += 1;
+                    if self.line_len > MAX_CHUNK_LINE {
+                        return Err("chunk-size line too long");
+                    }
+                    match b {
+                        b' ' | b'\t' => ChunkState::SizeWs { value },
+                        b';' => ChunkState::Size {
+                            value,
+                            digits: 1,
+                            ext: true,
+                        },
+                        b'\r' => ChunkState::SizeLf { value },
+                        _ => {
+                            return Err(
+                                "chunk size followed by whitespace and more than an extension",
+                            )
                         }
                     }
                 }
@@ -716,6 +754,29 @@ mod tests {
         // A tab, and obs-text (bytes 0x80 to 0xff), in an extension or a trailer are allowed.
         let ok = b"5;a=\t\"\xe9\"\r\nhello\r\n0\r\nX-T:\t1 \xe9\r\n\r\n";
         assert_eq!(ChunkedScanner::default().feed(ok), Ok(Some(ok.len())));
+    }
+
+    /// After the size, whitespace may only lead to an extension or the line end: `5 5` is 5 to
+    /// a scanner that stops at the space and 0x55 to one that skips it.
+    #[test]
+    fn chunked_scanner_refuses_whitespace_before_anything_but_an_extension() {
+        for body in [&b"5 5\r\n"[..], b"5\tx\r\n", b"5 =1\r\n", b" 5\r\n"] {
+            assert_eq!(
+                ChunkedScanner::default().feed(body),
+                Err(if body[0] == b' ' {
+                    "invalid chunk size"
+                } else {
+                    "chunk size followed by whitespace and more than an extension"
+                }),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let spaced = b"5 \t;a=1\r\nhello\r\n3 \r\nabc\r\n0\r\n\r\n";
+        assert_eq!(
+            ChunkedScanner::default().feed(spaced),
+            Ok(Some(spaced.len()))
+        );
     }
 
     /// `Expect: 100-continue` with a body, from an HTTP/1.1 client, is the gateway's to answer;

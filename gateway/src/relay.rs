@@ -117,6 +117,9 @@ pub trait Caller: AsyncRead + AsyncWrite + Unpin + Send {
         stop: Stop,
         counter: &'a Counter,
     ) -> impl std::future::Future<Output = (u64, Close)> + Send + 'a;
+
+    /// The TCP connection underneath.
+    fn socket(&self) -> &TcpStream;
 }
 
 impl Caller for TcpStream {
@@ -139,6 +142,10 @@ impl Caller for TcpStream {
     ) -> impl std::future::Future<Output = (u64, Close)> + Send + 'a {
         relay_down(self, upstream, idle, stop, counter)
     }
+
+    fn socket(&self) -> &TcpStream {
+        self
+    }
 }
 
 impl Caller for tokio_rustls::server::TlsStream<TcpStream> {
@@ -160,6 +167,10 @@ impl Caller for tokio_rustls::server::TlsStream<TcpStream> {
         counter: &'a Counter,
     ) -> impl std::future::Future<Output = (u64, Close)> + Send + 'a {
         relay_streams_down(self, upstream, idle, stop, counter)
+    }
+
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0
     }
 }
 

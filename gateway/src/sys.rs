@@ -1,6 +1,6 @@
 //! The few system calls no safe crate offers here: `splice(2)` through a pipe, for
-//! zero-copy relaying of bulk data, `shutdown(2)` on a shared socket reference, and the coarse
-//! monotonic clock.
+//! zero-copy relaying of bulk data, `shutdown(2)` on a shared socket reference, the coarse
+//! monotonic clock, and a socket's queue lengths.
 //!
 //! Every `unsafe` block is a plain syscall on file descriptors this module owns or borrows for
 //! the duration of the call, or a read of a clock into a local value.
@@ -141,6 +141,29 @@ pub fn shutdown_write(socket: RawFd) -> io::Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+/// One `int` a socket ioctl reports.
+fn ioctl_count(socket: RawFd, request: libc::Ioctl) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `request` is SIOCOUTQ or FIONREAD, which write one int to `n`, on a descriptor
+    // borrowed from a live socket.
+    if unsafe { libc::ioctl(socket, request, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Bytes written to a TCP socket that its peer has not yet acknowledged (`SIOCOUTQ`): 0 once
+/// everything sent has been delivered.
+pub fn unacknowledged(socket: RawFd) -> io::Result<usize> {
+    // SIOCOUTQ is TIOCOUTQ on Linux.
+    ioctl_count(socket, libc::TIOCOUTQ)
+}
+
+/// Bytes a socket has received that nobody has read yet (`FIONREAD`).
+pub fn unread(socket: RawFd) -> io::Result<usize> {
+    ioctl_count(socket, libc::FIONREAD)
 }
 
 /// `SO_ORIGINAL_DST` (`IP6T_SO_ORIGINAL_DST` for IPv6): where a connection that iptables

@@ -576,3 +576,127 @@ async fn an_interim_answer_during_the_body_is_relayed_and_the_body_goes_on() {
     assert_eq!(line["close"], "eof");
     assert_eq!(line["bytes_up"], seen.len());
 }
+
+/// Reads until the stream ends; returns what came and how it ended (`Ok` for a clean EOF).
+async fn read_until_the_end(s: &mut tokio::net::TcpStream) -> (Vec<u8>, std::io::Result<()>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = tokio::time::timeout(egress_tests::DEADLINE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the connection ends within the deadline");
+    (got, end)
+}
+
+/// An answer that the upstream cuts with a reset, after the whole request went up, reaches the
+/// caller as far as it came, then as a reset: a caller whose answer ends at the close (no
+/// length, not chunked) must not take a cut answer for a whole one. With and without a body.
+#[tokio::test]
+async fn an_answer_cut_by_an_upstream_reset_ends_in_a_reset_for_the_caller() {
+    let dns = DnsServer::start().await;
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+    for (n, body) in [(0, ""), (1, "hello")] {
+        let host = format!("cut{n}.tunnel.test");
+        dns.set(&host, &["127.0.0.1"]);
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = upstream.local_addr().expect("address").port();
+        tokio::spawn(async move {
+            let (mut conn, _) = upstream.accept().await.expect("accept");
+            let mut request = read_head(&mut conn).await;
+            let mut buf = [0u8; 64];
+            while !request.ends_with(body.as_bytes()) {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => request.extend_from_slice(&buf[..k]),
+                }
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\npart of it").await;
+            let _ = conn.set_zero_linger();
+        });
+        let mut s = client::connect_from("127.0.0.5", gw.proxy).await;
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        let request = format!(
+            "{method} http://{host}:{port}/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).await.expect("request");
+        let (got, end) = read_until_the_end(&mut s).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "HTTP/1.1 200 OK\r\n\r\npart of it",
+            "{method}"
+        );
+        assert_eq!(
+            end.as_ref().map_err(std::io::Error::kind).err(),
+            Some(std::io::ErrorKind::ConnectionReset),
+            "{method}: {end:?}"
+        );
+        let line = gw
+            .wait_audit("the cut answer's line", |v| v["host"] == host.as_str())
+            .await;
+        assert_eq!(line["close"], "error", "{line}");
+        assert_eq!(line["bytes_down"], 29, "{line}");
+    }
+}
+
+/// Bytes the caller sends after its request (a pipelined request here) are never forwarded, and
+/// must not cost it the end of its answer: a socket closed with unread bytes is reset at once,
+/// and what the caller had not yet received would be lost.
+#[tokio::test]
+async fn bytes_after_the_request_do_not_cut_the_answer_short() {
+    const ANSWER: usize = 8 << 20;
+    let dns = DnsServer::start().await;
+    dns.set("pipelined.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = upstream.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        let (mut conn, _) = upstream.accept().await.expect("accept");
+        read_head(&mut conn).await;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {ANSWER}\r\n\r\n");
+        let _ = conn.write_all(head.as_bytes()).await;
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..ANSWER / chunk.len() {
+            if conn.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    // A small receive window keeps the gateway's send queue full until the end of the answer.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    socket
+        .bind("127.0.0.5:0".parse().expect("address"))
+        .expect("bind");
+    let mut s = socket.connect(gw.proxy).await.expect("connect");
+    let head = format!(
+        "GET http://pipelined.tunnel.test:{port}/ HTTP/1.1\r\nHost: pipelined.tunnel.test\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("request");
+    // Once the gateway has read the first request, a second one stays unread in its socket.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    s.write_all(b"GET /second HTTP/1.1\r\nHost: pipelined.tunnel.test\r\n\r\n")
+        .await
+        .expect("second request");
+    let (got, end) = read_until_the_end(&mut s).await;
+    let answer_head = format!("HTTP/1.1 200 OK\r\nContent-Length: {ANSWER}\r\n\r\n");
+    assert!(end.is_ok(), "{end:?} after {} bytes", got.len());
+    assert_eq!(got.len(), answer_head.len() + ANSWER);
+    let line = gw
+        .wait_audit("the pipelined request's line", |v| {
+            v["host"] == "pipelined.tunnel.test"
+        })
+        .await;
+    assert_eq!(line["close"], "eof", "{line}");
+}
