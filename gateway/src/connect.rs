@@ -381,8 +381,8 @@ pub(crate) async fn close_discarding<S: AsyncRead + AsyncWrite + Unpin>(client: 
     let deadline = Instant::now() + http::LINGER;
     // Bounded too: a TLS shutdown writes `close_notify`, and waits if the caller's window is shut.
     let _ = tokio::time::timeout_at(deadline, client.shutdown()).await;
-    // On the heap: only refused connections get here, and a buffer inside this future would
-    // make every connection's task larger.
+    // On the heap: only refused connections and some forwarded requests get here, and a buffer
+    // inside this future would make every connection's task larger.
     let mut sink = vec![0u8; 4096];
     let mut discarded = 0usize;
     while discarded < 256 * 1024 {
@@ -560,30 +560,41 @@ async fn proxy<S: Caller>(
     Ok(allowed)
 }
 
-/// Ends a forwarded request's connection once its answer has been relayed (or has failed).
+/// Ends a forwarded request's connection once its answer has been relayed, or has not.
 ///
-/// - The answer failed after the whole request went up (the upstream reset, usually): the caller
-///   is reset once what was relayed has been delivered, never closed with a FIN or a
-///   `close_notify`, so a caller whose answer ends at the close sees it cut, not complete.
-/// - The upstream stopped taking the body (`cut_short`), or the caller sent more than its
-///   request (pipelined bytes, a stray CRLF): closing a socket with unread bytes resets it at
-///   once and drops what the caller has not yet received, so our side is shut down and what the
-///   caller still sends is read and dropped for a while first.
+/// - The upstream stopped taking the body (`cut_short`) after it answered, or closed: that answer
+///   is whole as far as the upstream is concerned. Our side is shut down, and what the caller
+///   still sends of its body is read and dropped for a while, so the caller reads the answer
+///   before the close (closing with unread bytes would reset the connection at once and drop
+///   what the caller has not yet received).
+/// - The answer was relayed to the upstream's end: the same if the caller sent more than its
+///   request (pipelined bytes, a stray CRLF) and some of it is still unread; else nothing to do.
+/// - Any other end (a reset on either side, a body cut short or badly framed, the idle timeout,
+///   the drain, revoked trust): the answer may be cut. The caller is reset once what was relayed
+///   has been delivered, never closed with a FIN or a `close_notify`, so a caller whose answer
+///   ends at the close sees it cut, not complete.
 async fn end_forwarded<S: Caller>(client: &mut S, close: Close, cut_short: bool) {
     let fd = client.socket().as_raw_fd();
-    if close == Close::Error && !cut_short {
+    if cut_short || close == Close::Eof {
+        if cut_short || crate::sys::unread(fd).is_ok_and(|n| n > 0) {
+            close_discarding(client).await;
+        }
+    } else {
         reset_when_delivered(client.socket()).await;
-    } else if cut_short || crate::sys::unread(fd).is_ok_and(|n| n > 0) {
-        close_discarding(client).await;
     }
 }
 
-/// Resets the connection as soon as the peer has acknowledged everything written to it, or after
-/// `http::LINGER`: the bytes already sent are delivered, and the end reads as a reset.
+/// Resets the connection as soon as the peer has acknowledged everything written to it, or has
+/// gone, or after `http::LINGER`: the bytes already sent are delivered, and the end reads as a
+/// reset.
 async fn reset_when_delivered(socket: &TcpStream) {
     let deadline = Instant::now() + http::LINGER;
     let fd = socket.as_raw_fd();
-    while crate::sys::unacknowledged(fd).is_ok_and(|n| n > 0) && Instant::now() < deadline {
+    // A connection the peer has reset keeps its count of unacknowledged bytes, but has no peer.
+    while crate::sys::unacknowledged(fd).is_ok_and(|n| n > 0)
+        && socket.peer_addr().is_ok()
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The close that follows, when the connection's task ends, sends the reset.

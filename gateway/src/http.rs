@@ -719,7 +719,7 @@ mod tests {
 
     #[test]
     fn chunked_scanner_finds_the_end_across_splits() {
-        let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body = b"4;ext=1\r\nWiki\r\n5 \t;a=1\r\npedia\r\n3 \r\nabc\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         for split in 0..body.len() {
             let mut s = ChunkedScanner::default();
             let first = s.feed(&body[..split]).expect("valid");

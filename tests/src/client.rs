@@ -87,6 +87,27 @@ pub async fn connect(source: &str, proxy: SocketAddr, target: &str) -> (TcpStrea
     (s, r)
 }
 
+/// Reads until the stream ends (bounded by the deadline); returns what came and how it ended:
+/// `Ok` for a clean EOF, else the error (a reset, say).
+pub async fn read_until_the_end<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> (Vec<u8>, std::io::Result<()>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = tokio::time::timeout(crate::DEADLINE, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within the deadline");
+    (got, end)
+}
+
 /// Reads until EOF (bounded by the deadline), from a socket or a TLS stream.
 pub async fn read_to_end<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
     let mut out = Vec::new();

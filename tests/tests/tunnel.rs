@@ -384,8 +384,14 @@ async fn a_stalled_request_body_ends_at_the_idle_timeout() {
     let head = format!("POST http://stall.tunnel.test:{port}/up HTTP/1.1\r\nHost: stall.tunnel.test\r\nContent-Length: 10\r\n\r\nabc");
     s.write_all(head.as_bytes()).await.expect("head");
     // Seven of the ten body bytes never come, and the client never closes: only the gateway's
-    // idle timeout ends the connection (read_to_end gives up after 10 s).
-    read_to_end(&mut s).await;
+    // idle timeout ends the connection (the read gives up after 10 s), with a reset.
+    let (got, end) = client::read_until_the_end(&mut s).await;
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(
+        end.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
     let line = gw
         .wait_audit("the stalled request's line", |v| {
             v["host"] == "stall.tunnel.test"
@@ -577,24 +583,6 @@ async fn an_interim_answer_during_the_body_is_relayed_and_the_body_goes_on() {
     assert_eq!(line["bytes_up"], seen.len());
 }
 
-/// Reads until the stream ends; returns what came and how it ended (`Ok` for a clean EOF).
-async fn read_until_the_end(s: &mut tokio::net::TcpStream) -> (Vec<u8>, std::io::Result<()>) {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let end = tokio::time::timeout(egress_tests::DEADLINE, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) => return Ok(()),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await
-    .expect("the connection ends within the deadline");
-    (got, end)
-}
-
 /// An answer that the upstream cuts with a reset, after the whole request went up, reaches the
 /// caller as far as it came, then as a reset: a caller whose answer ends at the close (no
 /// length, not chunked) must not take a cut answer for a whole one. With and without a body.
@@ -629,7 +617,7 @@ async fn an_answer_cut_by_an_upstream_reset_ends_in_a_reset_for_the_caller() {
             body.len()
         );
         s.write_all(request.as_bytes()).await.expect("request");
-        let (got, end) = read_until_the_end(&mut s).await;
+        let (got, end) = client::read_until_the_end(&mut s).await;
         assert_eq!(
             String::from_utf8_lossy(&got),
             "HTTP/1.1 200 OK\r\n\r\npart of it",
@@ -661,9 +649,11 @@ async fn bytes_after_the_request_do_not_cut_the_answer_short() {
         .await
         .expect("bind");
     let port = upstream.local_addr().expect("address").port();
+    let (forwarded, head_forwarded) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (mut conn, _) = upstream.accept().await.expect("accept");
         read_head(&mut conn).await;
+        let _ = forwarded.send(());
         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {ANSWER}\r\n\r\n");
         let _ = conn.write_all(head.as_bytes()).await;
         let chunk = vec![b'a'; 1 << 20];
@@ -684,12 +674,15 @@ async fn bytes_after_the_request_do_not_cut_the_answer_short() {
         "GET http://pipelined.tunnel.test:{port}/ HTTP/1.1\r\nHost: pipelined.tunnel.test\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.expect("request");
-    // Once the gateway has read the first request, a second one stays unread in its socket.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Once the gateway has forwarded the first request, a second one stays unread in its socket.
+    tokio::time::timeout(egress_tests::DEADLINE, head_forwarded)
+        .await
+        .expect("the request reaches the upstream")
+        .expect("the upstream says so");
     s.write_all(b"GET /second HTTP/1.1\r\nHost: pipelined.tunnel.test\r\n\r\n")
         .await
         .expect("second request");
-    let (got, end) = read_until_the_end(&mut s).await;
+    let (got, end) = client::read_until_the_end(&mut s).await;
     let answer_head = format!("HTTP/1.1 200 OK\r\nContent-Length: {ANSWER}\r\n\r\n");
     assert!(end.is_ok(), "{end:?} after {} bytes", got.len());
     assert_eq!(got.len(), answer_head.len() + ANSWER);
