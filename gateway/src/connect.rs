@@ -487,6 +487,7 @@ async fn proxy<S: Caller>(
                 if let Err(close) = sent {
                     audit.bytes_up = early;
                     audit.close = Some(close.as_str());
+                    relay::pass_reset_on(close, client.socket(), &upstream).await;
                     return Ok(allowed);
                 }
             }
@@ -499,6 +500,7 @@ async fn proxy<S: Caller>(
             audit.bytes_up = relayed.up + early;
             audit.bytes_down = relayed.down;
             audit.close = Some(relayed.close.as_str());
+            relay::pass_reset_on(relayed.close, client.socket(), &upstream).await;
         }
         ProxyRequest::Forward {
             head,
@@ -580,25 +582,8 @@ async fn end_forwarded<S: Caller>(client: &mut S, close: Close, cut_short: bool)
             close_discarding(client).await;
         }
     } else {
-        reset_when_delivered(client.socket()).await;
+        relay::reset_when_delivered(client.socket()).await;
     }
-}
-
-/// Resets the connection as soon as the peer has acknowledged everything written to it, or has
-/// gone, or after `http::LINGER`: the bytes already sent are delivered, and the end reads as a
-/// reset.
-async fn reset_when_delivered(socket: &TcpStream) {
-    let deadline = Instant::now() + http::LINGER;
-    let fd = socket.as_raw_fd();
-    // A connection the peer has reset keeps its count of unacknowledged bytes, but has no peer.
-    while crate::sys::unacknowledged(fd).is_ok_and(|n| n > 0)
-        && socket.peer_addr().is_ok()
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    // The close that follows, when the connection's task ends, sends the reset.
-    let _ = socket.set_zero_linger();
 }
 
 /// Counts how a connection ended; a rejection also goes into its audit line.

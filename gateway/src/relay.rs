@@ -299,6 +299,32 @@ pub async fn relay_down(
     (down.into_inner(), close)
 }
 
+/// Resets the connection as soon as the peer has acknowledged everything written to it, or has
+/// gone, or after `http::LINGER`: the bytes already sent are delivered, and the end reads as a
+/// reset.
+pub(crate) async fn reset_when_delivered(socket: &TcpStream) {
+    let deadline = tokio::time::Instant::now() + crate::http::LINGER;
+    let fd = socket.as_raw_fd();
+    // A connection the peer has reset keeps its count of unacknowledged bytes, but has no peer.
+    while crate::sys::unacknowledged(fd).is_ok_and(|n| n > 0)
+        && socket.peer_addr().is_ok()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The close that follows, when the connection's task ends, sends the reset.
+    let _ = socket.set_zero_linger();
+}
+
+/// A tunnel that ended in an error (a reset, usually, on either side) passes it on: both sides
+/// are reset once what was relayed to them has been delivered, so neither end takes the cut for
+/// a clean close. The side that reset is gone already and costs no wait.
+pub(crate) async fn pass_reset_on(close: Close, client: &TcpStream, upstream: &TcpStream) {
+    if close == Close::Error {
+        tokio::join!(reset_when_delivered(client), reset_when_delivered(upstream));
+    }
+}
+
 /// When a tunnel last moved bytes, in milliseconds of the coarse monotonic clock: read at every
 /// relayed chunk, so it must be cheap, and an idle timeout needs no finer grain than its tick.
 pub struct Activity(AtomicU64);

@@ -525,6 +525,7 @@ async fn proxy(
         if let Err(close) = sent {
             audit.bytes_up = early;
             audit.close = Some(close.as_str());
+            crate::relay::pass_reset_on(close, client, &upstream).await;
             return Ok(allowed);
         }
     }
@@ -537,6 +538,7 @@ async fn proxy(
     audit.bytes_up = relayed.up + early;
     audit.bytes_down = relayed.down;
     audit.close = Some(relayed.close.as_str());
+    crate::relay::pass_reset_on(relayed.close, client, &upstream).await;
     Ok(allowed)
 }
 

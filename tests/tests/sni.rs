@@ -127,6 +127,31 @@ async fn a_real_client_hello_is_replayed_upstream_byte_for_byte() {
     .await;
 }
 
+/// An upstream that resets after its answer has the reset passed on to the caller, after the
+/// answer: a tunnel must not turn a reset into a clean FIN.
+#[tokio::test]
+async fn an_upstream_reset_is_passed_on_to_the_caller() {
+    let up = Upstream::start("127.0.0.1:0", Behaviour::GreetThenReset).await;
+    let gw = start(up.addr.port()).await;
+    let mut s = TcpStream::connect(gw.proxy).await.expect("connect");
+    s.write_all(&fixture("curl_example_com.bin"))
+        .await
+        .expect("write");
+    let (got, end) = egress_tests::client::read_until_the_end(&mut s).await;
+    assert_eq!(got, b"hello");
+    assert_eq!(
+        end.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    let line = gw
+        .wait_audit("allow", |a| {
+            a["decision"] == "allow" && a["host"] == "example.com"
+        })
+        .await;
+    assert_eq!(line["close"], "error", "{line}");
+}
+
 #[tokio::test]
 async fn peeks_that_fail_are_refused_with_their_reason() {
     let echo = Upstream::start("127.0.0.1:0", Behaviour::Echo).await;

@@ -151,18 +151,65 @@ async fn upstream_reset_after_data_ends_the_tunnel_as_an_error() {
     .await;
     assert_eq!(r.status, 200, "{}", r.head);
     s.write_all(b"go").await.expect("write");
-    let mut got = r.rest.clone();
-    let mut buf = [0u8; 16];
-    while let Ok(n) = s.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(b"hello".starts_with(&got), "{got:?}");
+    let (rest, end) = client::read_until_the_end(&mut s).await;
+    let got = [r.rest.clone(), rest].concat();
+    assert_eq!(got, b"hello");
+    // The upstream's reset is passed on, after its bytes: not a FIN, which would look clean.
+    assert_eq!(
+        end.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
     drop(s);
     let line = gw
         .wait_audit("audit line", |v| v["host"] == "reset.tunnel.test")
+        .await;
+    assert_eq!(line["close"], "error", "{line}");
+}
+
+/// A caller that resets its tunnel has the reset passed on to the upstream, which would
+/// otherwise see a FIN and take a cut stream for a whole one.
+#[tokio::test]
+async fn a_caller_reset_is_passed_on_to_the_upstream() {
+    let dns = DnsServer::start().await;
+    dns.set("callerreset.tunnel.test", &["127.0.0.1"]);
+    let gw = Gateway::start(&policy(1), &config(&dns)).await;
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = upstream.local_addr().expect("address").port();
+    let (got_first, first) = tokio::sync::oneshot::channel();
+    let ended = tokio::spawn(async move {
+        let (mut conn, _) = upstream.accept().await.expect("accept");
+        let mut byte = [0u8; 1];
+        conn.read_exact(&mut byte).await.expect("the first byte");
+        let _ = got_first.send(());
+        client::read_until_the_end(&mut conn).await
+    });
+    let (s, r) = connect(
+        "127.0.0.3",
+        gw.proxy,
+        &format!("callerreset.tunnel.test:{port}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let mut s = s;
+    s.write_all(b"x").await.expect("write");
+    tokio::time::timeout(egress_tests::DEADLINE, first)
+        .await
+        .expect("the byte reaches the upstream")
+        .expect("the upstream says so");
+    s.set_zero_linger().expect("SO_LINGER");
+    drop(s);
+    let (rest, end) = ended.await.expect("the upstream's task");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(
+        end.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    let line = gw
+        .wait_audit("audit line", |v| v["host"] == "callerreset.tunnel.test")
         .await;
     assert_eq!(line["close"], "error", "{line}");
 }
