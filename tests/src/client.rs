@@ -108,6 +108,16 @@ pub async fn read_until_the_end<S: tokio::io::AsyncRead + Unpin>(
     (got, end)
 }
 
+/// Checks that a stream read by [`read_until_the_end`] ended in a reset, not a clean EOF.
+#[track_caller]
+pub fn assert_reset(end: &std::io::Result<()>) {
+    assert_eq!(
+        end.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+}
+
 /// Reads until EOF (bounded by the deadline), from a socket or a TLS stream.
 pub async fn read_to_end<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
     let mut out = Vec::new();

@@ -139,11 +139,7 @@ async fn an_upstream_reset_is_passed_on_to_the_caller() {
         .expect("write");
     let (got, end) = egress_tests::client::read_until_the_end(&mut s).await;
     assert_eq!(got, b"hello");
-    assert_eq!(
-        end.as_ref().map_err(std::io::Error::kind).err(),
-        Some(std::io::ErrorKind::ConnectionReset),
-        "{end:?}"
-    );
+    egress_tests::client::assert_reset(&end);
     let line = gw
         .wait_audit("allow", |a| {
             a["decision"] == "allow" && a["host"] == "example.com"
