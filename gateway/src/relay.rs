@@ -352,12 +352,30 @@ impl Activity {
     }
 }
 
-/// One read into `buf`'s spare capacity. A short read means the socket had nothing more: the
-/// readiness is cleared then (as tokio's own `poll_read` does), so the next wait is for new data.
+/// One read into `buf`'s spare capacity, when tokio has seen the socket readable or in error. A
+/// short read means the socket had nothing more: the readiness is cleared then (as tokio's own
+/// `poll_read` does), so the next wait is for new data.
+///
+/// The error readiness matters. tokio clears a readiness only when an operation made through it
+/// would block, and its own reads go through the readable one. An error seen after the data was
+/// read (a reset right behind the last bytes, polled before the socket closed) or with none at
+/// all (a time-stamp on the error queue) would then stay set, and a wait that includes it would
+/// return at once, forever, with no read tried: a loop that never yields. So a socket in error
+/// is read too: the read tells a reset (its error) from a healthy socket (it would block, and
+/// the error readiness is cleared until the next event). The two readinesses are tried one at a
+/// time, since tokio's `try_io` runs nothing for a combined interest.
 pub(crate) fn read_some(src: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    match read_when(src, Interest::READABLE, buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => read_when(src, Interest::ERROR, buf),
+        r => r,
+    }
+}
+
+/// [`read_some`] for one readiness: nothing is read unless tokio has seen `ready`.
+fn read_when(src: &TcpStream, ready: Interest, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut got = None;
-    let r = src.try_io(Interest::READABLE, || {
-        let n = src.try_read_buf(buf)?;
+    let r = src.try_io(ready, || {
+        let n = crate::sys::read_spare(src.as_raw_fd(), buf)?;
         if n > 0 && buf.len() < buf.capacity() {
             got = Some(n);
             return Err(io::ErrorKind::WouldBlock.into());
@@ -714,5 +732,54 @@ mod tests {
         .await
         .expect("the relay stalled with data queued in the gateway");
         assert_eq!(got, TOTAL);
+    }
+
+    /// The copy loop waits for data or an error. An error readiness that comes without data must
+    /// lead to a read, which tells a reset from a healthy socket, and not to a loop that retries
+    /// without yielding: on the one-thread scheduler that froze the whole gateway. A reset right
+    /// behind an upstream's last bytes can be seen so (`EPOLLERR` before `EPOLLHUP`), rarely; a
+    /// transmit time-stamp on the socket's error queue is the same readiness, every time, on a
+    /// connection that is healthy and must go on.
+    #[test]
+    fn an_error_readiness_without_data_neither_spins_nor_ends_the_tunnel() {
+        use std::os::fd::AsRawFd;
+        let (done, finished) = std::sync::mpsc::channel();
+        // Its own thread and runtime: a spinning relay would block a test runtime's timers too.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let _ = done.send(rt.block_on(async {
+                let (mut caller, client) = pair().await;
+                let (upstream, mut server) = pair().await;
+                crate::sys::tests::stamp_transmits(upstream.as_raw_fd());
+                let (up, down) = (Counter::default(), Counter::default());
+                let meters = Meters {
+                    up: &up,
+                    down: &down,
+                };
+                let idle = Duration::from_secs(3600);
+                let tunnel = relay(&client, &upstream, idle, std::future::pending(), meters);
+                let talk = async {
+                    let mut buf = [0u8; 4];
+                    caller.write_all(b"ping").await.expect("ping");
+                    // Relayed: its time-stamp is on the upstream socket's error queue.
+                    server.read_exact(&mut buf).await.expect("ping relayed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    server.write_all(b"pong").await.expect("pong");
+                    caller.read_exact(&mut buf).await.expect("pong relayed");
+                    assert_eq!(&buf, b"pong");
+                    caller.shutdown().await.expect("caller's FIN");
+                    server.shutdown().await.expect("server's FIN");
+                };
+                let (relayed, ()) = tokio::join!(tunnel, talk);
+                (relayed.close, relayed.up, relayed.down)
+            }));
+        });
+        let ended = finished
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the relay's thread stalled: a loop that never yields");
+        assert_eq!(ended, (Close::Eof, 4, 4));
     }
 }

@@ -1,6 +1,6 @@
 //! The few system calls no safe crate offers here: `splice(2)` through a pipe, for
-//! zero-copy relaying of bulk data, `shutdown(2)` on a shared socket reference, the coarse
-//! monotonic clock, and a socket's queue lengths.
+//! zero-copy relaying of bulk data, `shutdown(2)` on a shared socket reference, a read that
+//! does not wait for tokio's readiness, the coarse monotonic clock, and a socket's queue lengths.
 //!
 //! Every `unsafe` block is a plain syscall on file descriptors this module owns or borrows for
 //! the duration of the call, or a read of a clock into a local value.
@@ -154,6 +154,20 @@ fn ioctl_count(socket: RawFd, request: libc::Ioctl) -> io::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// One `read(2)` into `buf`'s spare capacity, extending `buf` by what was read. Unlike tokio's
+/// own reads, it does not first ask whether tokio has seen the socket readable: the caller has
+/// its own reason to read (an error readiness, which only a read can tell from data or a reset).
+pub fn read_spare(socket: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: read(2) writes at most `spare.len()` bytes into `spare`, memory `buf` owns and does
+    // not use while the call runs.
+    let n = unsafe { libc::read(socket, spare.as_mut_ptr().cast(), spare.len()) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
 /// Bytes written to a TCP socket that its peer has not yet acknowledged (`SIOCOUTQ`): 0 once
 /// everything sent has been delivered.
 pub fn unacknowledged(socket: RawFd) -> io::Result<usize> {
@@ -305,6 +319,18 @@ pub(crate) mod tests {
     /// fills each receive fragment with ~1.5 KiB.
     pub(crate) fn shrink_pipes_on_this_thread() {
         SHRINK.with(|s| s.set(true));
+    }
+
+    /// Has the kernel time-stamp every segment this socket sends and queue the stamp on its
+    /// error queue: the socket then polls as in error (`EPOLLERR`) while its connection is
+    /// healthy, with no byte to read.
+    pub(crate) fn stamp_transmits(socket: std::os::fd::RawFd) {
+        let flags = libc::SOF_TIMESTAMPING_TX_SOFTWARE
+            | libc::SOF_TIMESTAMPING_SOFTWARE
+            | libc::SOF_TIMESTAMPING_OPT_TSONLY;
+        let flags = libc::c_int::try_from(flags).expect("the flags fit in an int");
+        super::set_int_option(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPING, flags)
+            .expect("SO_TIMESTAMPING");
     }
 
     pub(super) fn shrink(write: &OwnedFd) {
