@@ -767,6 +767,12 @@ mod tests {
                     // Relayed: its time-stamp is on the upstream socket's error queue.
                     server.read_exact(&mut buf).await.expect("ping relayed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    // The readiness this test is about, or it tests nothing.
+                    let fd = upstream.as_raw_fd();
+                    assert!(
+                        crate::sys::tests::polls_in_error(fd),
+                        "no time-stamp queued"
+                    );
                     server.write_all(b"pong").await.expect("pong");
                     caller.read_exact(&mut buf).await.expect("pong relayed");
                     assert_eq!(&buf, b"pong");
@@ -777,9 +783,12 @@ mod tests {
                 (relayed.close, relayed.up, relayed.down)
             }));
         });
-        let ended = finished
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the relay's thread stalled: a loop that never yields");
-        assert_eq!(ended, (Close::Eof, 4, 4));
+        match finished.recv_timeout(Duration::from_secs(20)) {
+            Ok(ended) => assert_eq!(ended, (Close::Eof, 4, 4)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the relay's thread stalled: a loop that never yields")
+            }
+            Err(e) => panic!("the relay's thread failed (its panic is above): {e}"),
+        }
     }
 }

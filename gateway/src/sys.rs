@@ -157,8 +157,15 @@ fn ioctl_count(socket: RawFd, request: libc::Ioctl) -> io::Result<usize> {
 /// One `read(2)` into `buf`'s spare capacity, extending `buf` by what was read. Unlike tokio's
 /// own reads, it does not first ask whether tokio has seen the socket readable: the caller has
 /// its own reason to read (an error readiness, which only a read can tell from data or a reset).
+/// A full `buf` is an error, not a read of 0 bytes, which would look like the end of the stream.
 pub fn read_spare(socket: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
+    if spare.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no room in the buffer to read into",
+        ));
+    }
     // SAFETY: read(2) writes at most `spare.len()` bytes into `spare`, memory `buf` owns and does
     // not use while the call runs.
     let n = unsafe { libc::read(socket, spare.as_mut_ptr().cast(), spare.len()) };
@@ -333,6 +340,19 @@ pub(crate) mod tests {
             .expect("SO_TIMESTAMPING");
     }
 
+    /// Whether the socket polls as in error (`POLLERR`) right now.
+    pub(crate) fn polls_in_error(socket: std::os::fd::RawFd) -> bool {
+        let mut p = libc::pollfd {
+            fd: socket,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, valid for the call; a zero timeout does not block.
+        let rc = unsafe { libc::poll(&mut p, 1, 0) };
+        assert!(rc >= 0, "poll: {}", std::io::Error::last_os_error());
+        p.revents & libc::POLLERR != 0
+    }
+
     pub(super) fn shrink(write: &OwnedFd) {
         if SHRINK.with(Cell::get) {
             // SAFETY: F_SETPIPE_SZ on a pipe the caller owns.
@@ -344,6 +364,22 @@ pub(crate) mod tests {
                 std::io::Error::last_os_error()
             );
         }
+    }
+
+    #[test]
+    fn a_spare_read_extends_the_buffer_and_a_full_buffer_is_an_error_not_an_end() {
+        use std::io::Write;
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        b.write_all(b"hi").expect("write");
+        let mut buf = Vec::with_capacity(16);
+        buf.extend_from_slice(b">");
+        assert_eq!(super::read_spare(a.as_raw_fd(), &mut buf).expect("read"), 2);
+        assert_eq!(buf, b">hi");
+        let mut full = vec![0u8; 4];
+        full.shrink_to_fit();
+        assert_eq!(full.len(), full.capacity());
+        let e = super::read_spare(a.as_raw_fd(), &mut full).expect_err("no room");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     }
 
     #[test]
